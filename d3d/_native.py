@@ -1,0 +1,104 @@
+"""Builds and loads the native DeformConv3d op (plugins/torch + plugins/kernels) with ninja.
+
+The extension is compiled on first use (or by ``make setup``) into a cache folder keyed by a hash of
+every source file, so an edited kernel is rebuilt and an unchanged one loads in milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PLUGINS = REPO_ROOT / "plugins"
+KERNEL_DIR = PLUGINS / "kernels"
+TORCH_DIR = PLUGINS / "torch"
+
+_lock = threading.Lock()
+_loaded = False
+
+
+class NativeBuildError(RuntimeError):
+    """The native op could not be built or loaded; the message is one line that says why."""
+
+
+def _sources(with_cuda: bool) -> list[Path]:
+    srcs = [TORCH_DIR / "deform_conv3d_op.cpp"]
+    if with_cuda:
+        srcs.append(TORCH_DIR / "deform_conv3d_op_cuda.cu")
+    return srcs
+
+
+def _source_hash(with_cuda: bool) -> str:
+    h = hashlib.sha256(torch.__version__.encode())
+    h.update(b"cuda" if with_cuda else b"cpu")
+    files = sorted(KERNEL_DIR.glob("*.h*")) + sorted(TORCH_DIR.glob("*")) + [Path(__file__)]
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("D3D_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "d3d-trt"
+    )
+    return Path(base)
+
+
+def load_native(verbose: bool = False) -> None:
+    """Builds (if needed) and loads the extension, registering ``torch.ops.d3d.*``.
+
+    Raises:
+        NativeBuildError: no C++ compiler, missing sources, or a failed build.
+    """
+    global _loaded
+    verbose = verbose or os.environ.get("D3D_VERBOSE_BUILD") == "1"
+    with _lock:
+        if _loaded:
+            return
+        if not (TORCH_DIR / "deform_conv3d_op.cpp").is_file():
+            raise NativeBuildError(
+                f"d3d: native op sources not found under {PLUGINS}; install the project from its checkout "
+                "(pip install -e .)"
+            )
+        cxx = os.environ.get("CXX", "c++")
+        if shutil.which(cxx) is None:
+            raise NativeBuildError(
+                f"d3d: no C++ compiler found ('{cxx}' is not on PATH); install g++ or set CXX to build the "
+                "DeformConv3d op"
+            )
+        # CUDA sources only where this PyTorch has CUDA and nvcc is usable.
+        with_cuda = torch.cuda.is_available() and torch.version.cuda is not None
+        from torch.utils import cpp_extension
+
+        name = f"d3d_ops_{_source_hash(with_cuda)}"
+        build_dir = cache_dir() / "torch_ext" / name
+        build_dir.mkdir(parents=True, exist_ok=True)
+        cflags = ["-O3", "-fopenmp", "-DNDEBUG"]
+        if with_cuda:
+            cflags.append("-DD3D_WITH_CUDA")
+        try:
+            cpp_extension.load(
+                name=name,
+                sources=[str(s) for s in _sources(with_cuda)],
+                extra_include_paths=[str(KERNEL_DIR), str(TORCH_DIR)],
+                extra_cflags=cflags,
+                extra_cuda_cflags=["-O3", "-DD3D_WITH_CUDA", "--expt-relaxed-constexpr"],
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(build_dir),
+                is_python_module=False,
+                verbose=verbose,
+            )
+        except Exception as exc:  # cpp_extension raises bare RuntimeError/OSError with the compiler log
+            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise NativeBuildError(
+                f"d3d: building the native DeformConv3d op failed ({last}); rerun with D3D_VERBOSE_BUILD=1 "
+                f"for the compiler log (build folder {build_dir})"
+            ) from exc
+        _loaded = True

@@ -1,0 +1,117 @@
+"""DeformConv3d as a PyTorch operator (``torch.ops.d3d.deform_conv3d``).
+
+The native op is built from ``plugins/kernels`` (the same source as the TensorRT plugin) and
+registered with ``torch.library``; this module adds its fake (meta) implementation, so
+``torch.export``/``torch.compile`` can trace it, and its autograd formula.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from d3d._native import NativeBuildError, load_native
+from d3d.reference import IntOr3, deform_conv3d_reference, triple
+
+__all__ = [
+    "NativeBuildError",
+    "deform_conv3d",
+    "deform_conv3d_reference",
+    "ensure_native",
+    "output_size",
+]
+
+_lock = threading.Lock()
+_registered = False
+
+
+def output_size(
+    size: tuple[int, int, int], kernel: tuple[int, int, int], stride: IntOr3, padding: IntOr3, dilation: IntOr3
+) -> tuple[int, int, int]:
+    """(T', H', W') of DeformConv3d, as for Conv3d."""
+    st, pd, dl = triple(stride, "stride"), triple(padding, "padding"), triple(dilation, "dilation")
+    return tuple((size[a] + 2 * pd[a] - dl[a] * (kernel[a] - 1) - 1) // st[a] + 1 for a in range(3))  # type: ignore[return-value]
+
+
+def ensure_native() -> None:
+    """Builds/loads the native op and registers its fake and autograd implementations (once)."""
+    global _registered
+    if _registered:
+        return
+    with _lock:
+        if _registered:
+            return
+        load_native()
+        _register_python_parts()
+        _registered = True
+
+
+def _register_python_parts() -> None:
+    @torch.library.register_fake("d3d::deform_conv3d")
+    def _fake(input, offset, weight, bias, stride, padding, dilation, groups, offset_groups, deform_dims):
+        n = input.shape[0]
+        out = output_size(tuple(input.shape[2:]), tuple(weight.shape[2:]), stride, padding, dilation)
+        return input.new_empty((n, weight.shape[0], *out))
+
+    @torch.library.register_fake("d3d::deform_conv3d_backward")
+    def _fake_backward(grad, input, offset, weight, bias, stride, padding, dilation, groups, offset_groups, dims):
+        return (
+            torch.empty_like(input),
+            torch.empty_like(offset),
+            torch.empty_like(weight),
+            input.new_empty((weight.shape[0],)),
+        )
+
+    def _setup_context(ctx, inputs, output):
+        input, offset, weight, bias, *attrs = inputs
+        ctx.has_bias = bias is not None
+        ctx.attrs = attrs
+        ctx.save_for_backward(input, offset, weight, bias)
+
+    def _backward(ctx, grad):
+        input, offset, weight, bias = ctx.saved_tensors
+        gi, go, gw, gb = torch.ops.d3d.deform_conv3d_backward(grad, input, offset, weight, bias, *ctx.attrs)
+        return gi, go, gw, (gb if ctx.has_bias else None), None, None, None, None, None, None
+
+    torch.library.register_autograd("d3d::deform_conv3d", _backward, setup_context=_setup_context)
+
+
+def deform_conv3d(
+    input: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: IntOr3 = 1,
+    padding: IntOr3 = 0,
+    dilation: IntOr3 = 1,
+    groups: int = 1,
+    offset_groups: int = 1,
+    deform_dims: str = "THW",
+) -> torch.Tensor:
+    """Deformable 3-D convolution (modelled on ``torchvision.ops.deform_conv2d``).
+
+    Args:
+        input: ``[N, C, T, H, W]``.
+        offset: ``[N, offset_groups * kT*kH*kW * len(deform_dims), T', H', W']``; for offset group g,
+            tap k and deformed axis c (position in ``deform_dims``) the channel is
+            ``(g * K + k) * len(deform_dims) + c``.
+        weight: ``[O, C / groups, kT, kH, kW]``.
+        bias: optional ``[O]``.
+        stride, padding, dilation: int or (t, h, w).
+        groups: channel groups, as in Conv3d.
+        offset_groups: input-channel groups that share one offset field.
+        deform_dims: ordered, non-empty subset of ``"THW"``: the axes that are deformed.
+
+    Returns:
+        ``[N, O, T', H', W']``.
+    """
+    st, pd, dl = triple(stride, "stride"), triple(padding, "padding"), triple(dilation, "dilation")
+    if torch.onnx.is_in_onnx_export():
+        from d3d.export.symbolic import deform_conv3d_onnx
+
+        return deform_conv3d_onnx(input, offset, weight, bias, st, pd, dl, groups, offset_groups, deform_dims)
+    ensure_native()
+    return torch.ops.d3d.deform_conv3d(
+        input, offset, weight, bias, list(st), list(pd), list(dl), groups, offset_groups, deform_dims
+    )

@@ -1,0 +1,246 @@
+// Host unit tests of the shared kernel source (plugins/kernels), run by ctest.
+// Each check compares against an independent formulation: closed forms, finite differences,
+// adjointness, or a direct convolution loop written here.
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "deform_conv3d_attrs.h"
+#include "deform_conv3d_cpu.h"
+#include "deform_conv3d_math.h"
+
+namespace {
+
+int g_failures = 0;
+int g_checks = 0;
+
+#define CHECK(cond, ...)                                        \
+  do {                                                          \
+    ++g_checks;                                                 \
+    if (!(cond)) {                                              \
+      ++g_failures;                                             \
+      std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+      std::printf(__VA_ARGS__);                                 \
+      std::printf("\n");                                        \
+    }                                                           \
+  } while (0)
+
+std::mt19937_64& rng() {
+  static std::mt19937_64 r([] {
+    const unsigned seed = std::random_device{}();
+    std::printf("seed %u\n", seed);
+    return seed;
+  }());
+  return r;
+}
+double uniform(double a, double b) { return std::uniform_real_distribution<double>(a, b)(rng()); }
+
+void test_affine_is_exact() {
+  const int64_t T = 4, H = 5, W = 6;
+  std::vector<double> v(T * H * W);
+  const double a = uniform(-1, 1), b = uniform(-1, 1), c = uniform(-1, 1), d = uniform(-1, 1);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t w = 0; w < W; ++w) v[(t * H + h) * W + w] = a + b * t + c * h + d * w;
+  for (int i = 0; i < 200; ++i) {
+    const double t = uniform(0, T - 1), h = uniform(0, H - 1), w = uniform(0, W - 1);
+    const double got = d3d::trilinear_sample<double>(v.data(), T, H, W, t, h, w);
+    const double want = a + b * t + c * h + d * w;
+    CHECK(std::fabs(got - want) < 1e-12, "at (%g,%g,%g): %.17g vs %.17g", t, h, w, got, want);
+  }
+}
+
+void test_outside_and_partial() {
+  const int64_t T = 3, H = 3, W = 3;
+  std::vector<float> ones(T * H * W, 1.0f);
+  // Outside the open box (-1, T) x (-1, H) x (-1, W): exactly zero.
+  const float outside[][3] = {{-1.0f, 1, 1}, {3.0f, 1, 1}, {1, -1.5f, 1}, {1, 1, 3.2f}, {-7, -7, -7}};
+  for (auto& p : outside) {
+    CHECK(d3d::trilinear_sample<float>(ones.data(), T, H, W, p[0], p[1], p[2]) == 0.0f, "(%g,%g,%g)", p[0], p[1],
+          p[2]);
+  }
+  // Between -1 and 0 along one axis only the in-volume corner counts: weight 1 - |frac|.
+  const float got = d3d::trilinear_sample<float>(ones.data(), T, H, W, 1.0f, -0.25f, 1.0f);
+  CHECK(std::fabs(got - 0.75f) < 1e-6f, "partial sample %g", got);
+  const float got_hi = d3d::trilinear_sample<float>(ones.data(), T, H, W, 2.5f, 1.0f, 1.0f);
+  CHECK(std::fabs(got_hi - 0.5f) < 1e-6f, "partial sample at top %g", got_hi);
+}
+
+void test_coord_grad_matches_finite_differences() {
+  const int64_t T = 3, H = 4, W = 5;
+  std::vector<double> v(T * H * W);
+  for (auto& x : v) x = uniform(-1, 1);
+  for (int i = 0; i < 300; ++i) {
+    double p[3] = {uniform(-0.95, T - 0.05), uniform(-0.95, H - 0.05), uniform(-0.95, W - 0.05)};
+    double g[3];
+    d3d::trilinear_coord_grad<double>(v.data(), T, H, W, p[0], p[1], p[2], g);
+    for (int a = 0; a < 3; ++a) {
+      if (std::fabs(p[a] - std::round(p[a])) < 1e-4) continue;  // kink at grid lines
+      const double eps = 1e-6;
+      double hi[3] = {p[0], p[1], p[2]}, lo[3] = {p[0], p[1], p[2]};
+      hi[a] += eps;
+      lo[a] -= eps;
+      const double fd = (d3d::trilinear_sample<double>(v.data(), T, H, W, hi[0], hi[1], hi[2]) -
+                         d3d::trilinear_sample<double>(v.data(), T, H, W, lo[0], lo[1], lo[2])) /
+                        (2 * eps);
+      CHECK(std::fabs(fd - g[a]) < 1e-6, "axis %d at (%g,%g,%g): analytic %g vs fd %g", a, p[0], p[1], p[2], g[a],
+            fd);
+    }
+  }
+}
+
+void test_scatter_is_adjoint_of_sample() {
+  const int64_t T = 3, H = 4, W = 5, n = T * H * W;
+  std::vector<double> v(n);
+  for (auto& x : v) x = uniform(-1, 1);
+  for (int i = 0; i < 100; ++i) {
+    const double t = uniform(-1.5, T + 0.5), h = uniform(-1.5, H + 0.5), w = uniform(-1.5, W + 0.5);
+    const double gv = uniform(-2, 2);
+    std::vector<double> grad(n, 0.0);
+    d3d::trilinear_scatter<double>(grad.data(), T, H, W, t, h, w, gv, d3d::ScatterAdd());
+    double lhs = gv * d3d::trilinear_sample<double>(v.data(), T, H, W, t, h, w), rhs = 0;
+    for (int64_t j = 0; j < n; ++j) rhs += v[j] * grad[j];
+    CHECK(std::fabs(lhs - rhs) < 1e-12, "<S v, g> %g != <v, S^T g> %g", lhs, rhs);
+  }
+}
+
+void test_attribute_validation() {
+  const char* valid[] = {"T", "H", "W", "TH", "TW", "HW", "THW"};
+  for (const char* dims : valid) {
+    int slot[3], nd = 0;
+    CHECK(d3d::parse_deform_dims(dims, slot, &nd).empty(), "%s rejected", dims);
+    CHECK(nd == int(std::string(dims).size()), "%s nd=%d", dims, nd);
+  }
+  const char* invalid[] = {"", "X", "HT", "TT", "THWT", "thw", "WH", "T H"};
+  for (const char* dims : invalid) {
+    int slot[3], nd = 0;
+    CHECK(!d3d::parse_deform_dims(dims, slot, &nd).empty(), "\"%s\" accepted", dims);
+  }
+  d3d::DeformConv3dAttrs a;
+  a.stride[1] = 0;
+  CHECK(d3d::validate_attrs(a).find("stride") != std::string::npos, "stride 0");
+  a = d3d::DeformConv3dAttrs();
+  a.pad[2] = -1;
+  CHECK(d3d::validate_attrs(a).find("padding") != std::string::npos, "pad -1");
+  a = d3d::DeformConv3dAttrs();
+  a.dil[0] = 0;
+  CHECK(d3d::validate_attrs(a).find("dilation") != std::string::npos, "dilation 0");
+  a = d3d::DeformConv3dAttrs();
+  a.group = 0;
+  CHECK(d3d::validate_attrs(a).find("group") != std::string::npos, "group 0");
+
+  d3d::DeformConv3dShape s;
+  a = d3d::DeformConv3dAttrs();
+  const int64_t in[5] = {1, 4, 5, 6, 7};
+  const int64_t w_ok[5] = {6, 4, 3, 3, 3};
+  CHECK(d3d::make_shape(a, in, w_ok, 81, &s).empty(), "valid shape rejected");
+  CHECK(s.out[0] == 3 && s.out[1] == 4 && s.out[2] == 5, "out %lld %lld %lld", (long long)s.out[0],
+        (long long)s.out[1], (long long)s.out[2]);
+  CHECK(!d3d::make_shape(a, in, w_ok, 80, &s).empty(), "wrong offset channels accepted");
+  a.group = 3;
+  CHECK(!d3d::make_shape(a, in, w_ok, 81, &s).empty(), "C %% group != 0 accepted");
+  a = d3d::DeformConv3dAttrs();
+  a.offset_group = 3;
+  CHECK(!d3d::make_shape(a, in, w_ok, -1, &s).empty(), "C %% offset_group != 0 accepted");
+  a = d3d::DeformConv3dAttrs();
+  const int64_t w_big[5] = {6, 4, 9, 3, 3};
+  CHECK(!d3d::make_shape(a, in, w_big, -1, &s).empty(), "kernel larger than input accepted");
+  const int64_t w_cin[5] = {6, 2, 3, 3, 3};
+  CHECK(!d3d::make_shape(a, in, w_cin, -1, &s).empty(), "weight C/group mismatch accepted");
+}
+
+// Direct (non-deformable) convolution with groups, stride, dilation, padding, written without im2col.
+std::vector<double> direct_conv(const d3d::DeformConv3dShape& s, const std::vector<double>& x,
+                                const std::vector<double>& w, const std::vector<double>& b, int64_t shift_w) {
+  std::vector<double> y(s.n * s.o * s.out_spatial());
+  const int64_t cpg = s.c / s.group, opg = s.o / s.group;
+  for (int64_t n = 0; n < s.n; ++n)
+    for (int64_t o = 0; o < s.o; ++o)
+      for (int64_t ot = 0; ot < s.out[0]; ++ot)
+        for (int64_t oh = 0; oh < s.out[1]; ++oh)
+          for (int64_t ow = 0; ow < s.out[2]; ++ow) {
+            double acc = b[o];
+            const int64_t g = o / opg;
+            for (int64_t ci = 0; ci < cpg; ++ci)
+              for (int64_t i = 0; i < s.k[0]; ++i)
+                for (int64_t j = 0; j < s.k[1]; ++j)
+                  for (int64_t q = 0; q < s.k[2]; ++q) {
+                    const int64_t t = ot * s.stride[0] - s.pad[0] + i * s.dil[0];
+                    const int64_t h = oh * s.stride[1] - s.pad[1] + j * s.dil[1];
+                    const int64_t ww = ow * s.stride[2] - s.pad[2] + q * s.dil[2] + shift_w;
+                    if (t < 0 || t >= s.t || h < 0 || h >= s.h || ww < 0 || ww >= s.w) continue;
+                    const int64_t c = g * cpg + ci;
+                    acc += w[(((o * cpg + ci) * s.k[0] + i) * s.k[1] + j) * s.k[2] + q] *
+                           x[(((n * s.c + c) * s.t + t) * s.h + h) * s.w + ww];
+                  }
+            y[(((n * s.o + o) * s.out[0] + ot) * s.out[1] + oh) * s.out[2] + ow] = acc;
+          }
+  return y;
+}
+
+void test_forward_against_direct_conv() {
+  struct Case {
+    int64_t in[5], w[5];
+    d3d::DeformConv3dAttrs a;
+  };
+  std::vector<Case> cases(3);
+  cases[0] = {{2, 4, 5, 6, 7}, {6, 4, 3, 3, 3}, {}};
+  cases[1] = {{1, 4, 6, 7, 9}, {4, 2, 3, 1, 3}, {}};
+  cases[1].a.group = 2;
+  cases[1].a.offset_group = 2;
+  cases[1].a.stride[2] = 2;
+  cases[1].a.dil[0] = 2;
+  cases[1].a.pad[0] = 2;
+  cases[1].a.pad[2] = 1;
+  cases[1].a.deform_dims = "TW";
+  cases[2] = {{1, 2, 3, 8, 8}, {3, 2, 1, 3, 3}, {}};
+  cases[2].a.pad[1] = cases[2].a.pad[2] = 1;
+  cases[2].a.deform_dims = "HW";
+  for (auto& cs : cases) {
+    d3d::DeformConv3dShape s;
+    std::string err = d3d::make_shape(cs.a, cs.in, cs.w, -1, &s);
+    CHECK(err.empty(), "%s", err.c_str());
+    if (!err.empty()) continue;
+    std::vector<double> x(s.n * s.c * s.in_spatial()), w(s.o * (s.c / s.group) * s.taps()), b(s.o);
+    for (auto* vec : {&x, &w, &b})
+      for (auto& v : *vec) v = uniform(-1, 1);
+    const int64_t L = s.out_spatial();
+    std::vector<double> off(s.n * s.offset_channels() * L, 0.0), y(s.n * s.o * L);
+    std::vector<double> col(s.col_rows() * L);
+    // Zero offsets: plain convolution. Chunks of 7 positions exercise the chunk seams.
+    d3d::cpu::forward(s, x.data(), off.data(), w.data(), b.data(), y.data(), col.data(), s.col_rows() * 7);
+    std::vector<double> want = direct_conv(s, x, w, b, 0);
+    double err0 = 0;
+    for (size_t i = 0; i < y.size(); ++i) err0 = std::fmax(err0, std::fabs(y[i] - want[i]));
+    CHECK(err0 < 1e-12, "zero offsets: max error %g", err0);
+    // A whole-pixel offset of +1 along W on every tap samples the input shifted by one column.
+    if (s.slot[2] >= 0) {
+      for (int64_t rec = 0; rec < s.offset_group * s.taps(); ++rec) {
+        for (int64_t n = 0; n < s.n; ++n) {
+          double* p = off.data() + (n * s.offset_channels() + rec * s.nd + s.slot[2]) * L;
+          for (int64_t l = 0; l < L; ++l) p[l] = 1.0;
+        }
+      }
+      d3d::cpu::forward(s, x.data(), off.data(), w.data(), b.data(), y.data(), col.data(), s.col_rows() * L);
+      want = direct_conv(s, x, w, b, 1);
+      double err1 = 0;
+      for (size_t i = 0; i < y.size(); ++i) err1 = std::fmax(err1, std::fabs(y[i] - want[i]));
+      CHECK(err1 < 1e-12, "offset +1 along W (%s): max error %g", cs.a.deform_dims.c_str(), err1);
+    }
+  }
+}
+
+}  // namespace
+
+int main() {
+  test_affine_is_exact();
+  test_outside_and_partial();
+  test_coord_grad_matches_finite_differences();
+  test_scatter_is_adjoint_of_sample();
+  test_attribute_validation();
+  test_forward_against_direct_conv();
+  std::printf("%d checks, %d failed\n", g_checks, g_failures);
+  return g_failures == 0 ? 0 : 1;
+}

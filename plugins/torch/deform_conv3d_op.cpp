@@ -1,0 +1,220 @@
+// PyTorch operator d3d::deform_conv3d (+ its backward), registered with TORCH_LIBRARY.
+// Device-generic driver: chunked im2col from the shared kernels, then ATen's GEMM per group.
+// The sampling math itself lives only in plugins/kernels/.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <c10/core/DeviceGuard.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+
+#include "deform_conv3d_attrs.h"
+#include "deform_conv3d_cpu.h"
+#include "deform_conv3d_op.h"
+
+namespace d3d {
+namespace torch_op {
+namespace {
+
+// Column buffer cap (elements): 64 Mi keeps a 64-channel 3x3x3 layer's buffer at ~256 MB in fp32
+// instead of the seed's 2.8 GB for a 720p clip.
+constexpr int64_t kMaxColElems = int64_t(1) << 26;
+
+struct AtenFor {
+  int64_t grain;
+  template <typename Fn>
+  void operator()(int64_t begin, int64_t end, const Fn& fn) const {
+    at::parallel_for(begin, end, grain, fn);
+  }
+};
+
+DeformConv3dShape checked_shape(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                int64_t offset_groups, c10::string_view deform_dims) {
+  TORCH_CHECK(input.dim() == 5, "deform_conv3d: input must be 5-D [N, C, T, H, W], got shape ", input.sizes());
+  TORCH_CHECK(offset.dim() == 5, "deform_conv3d: offset must be 5-D [N, G*K*len(deform_dims), T', H', W'], got shape ",
+              offset.sizes());
+  TORCH_CHECK(weight.dim() == 5, "deform_conv3d: weight must be 5-D [O, C/groups, kT, kH, kW], got shape ",
+              weight.sizes());
+  TORCH_CHECK(stride.size() == 3 && padding.size() == 3 && dilation.size() == 3,
+              "deform_conv3d: stride, padding and dilation must have 3 values each");
+  TORCH_CHECK(offset.scalar_type() == input.scalar_type() && weight.scalar_type() == input.scalar_type(),
+              "deform_conv3d: input, offset and weight must share a dtype, got ", input.scalar_type(), ", ",
+              offset.scalar_type(), ", ", weight.scalar_type());
+  TORCH_CHECK(offset.device() == input.device() && weight.device() == input.device(),
+              "deform_conv3d: input, offset and weight must be on the same device");
+  DeformConv3dAttrs a;
+  for (int i = 0; i < 3; ++i) {
+    a.stride[i] = stride[i];
+    a.pad[i] = padding[i];
+    a.dil[i] = dilation[i];
+  }
+  a.group = groups;
+  a.offset_group = offset_groups;
+  a.deform_dims = std::string(deform_dims.data(), deform_dims.size());
+  int64_t in[5], w[5];
+  for (int i = 0; i < 5; ++i) {
+    in[i] = input.size(i);
+    w[i] = weight.size(i);
+  }
+  DeformConv3dShape s;
+  const std::string err = make_shape(a, in, w, offset.size(1), &s);
+  TORCH_CHECK(err.empty(), "deform_conv3d: ", err);
+  TORCH_CHECK(offset.size(0) == s.n && offset.size(2) == s.out[0] && offset.size(3) == s.out[1] &&
+                  offset.size(4) == s.out[2],
+              "deform_conv3d: offset must have shape [", s.n, ", ", s.offset_channels(), ", ", s.out[0], ", ",
+              s.out[1], ", ", s.out[2], "], got ", offset.sizes());
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == s.o, "deform_conv3d: bias must have shape [", s.o, "], got ",
+                bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == input.scalar_type() && bias->device() == input.device(),
+                "deform_conv3d: bias must match the input's dtype and device");
+  }
+  return s;
+}
+
+void im2col(const DeformConv3dShape& s, const at::Tensor& input_n, const at::Tensor& offset_n, int64_t l0,
+            int64_t lc, const at::Tensor& col) {
+  if (input_n.is_cuda()) return im2col_cuda(s, input_n, offset_n, l0, lc, col);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input_n.scalar_type(), "d3d_im2col_cpu", [&] {
+    cpu::im2col(s, input_n.const_data_ptr<scalar_t>(), offset_n.const_data_ptr<scalar_t>(), l0, lc,
+                col.mutable_data_ptr<scalar_t>(), AtenFor{std::max<int64_t>(1, 4096 / s.taps())});
+  });
+}
+
+void col2im(const DeformConv3dShape& s, const at::Tensor& grad_col, const at::Tensor& offset_n, int64_t l0,
+            int64_t lc, const at::Tensor& grad_input_n) {
+  if (grad_col.is_cuda()) return col2im_cuda(s, grad_col, offset_n, l0, lc, grad_input_n);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_col.scalar_type(), "d3d_col2im_cpu", [&] {
+    using acc_t = typename AccType<scalar_t>::type;
+    cpu::col2im(s, grad_col.const_data_ptr<scalar_t>(), offset_n.const_data_ptr<scalar_t>(), l0, lc,
+                grad_input_n.mutable_data_ptr<acc_t>(), AtenFor{1});
+  });
+}
+
+void offset_grad(const DeformConv3dShape& s, const at::Tensor& grad_col, const at::Tensor& input_n,
+                 const at::Tensor& offset_n, int64_t l0, int64_t lc, const at::Tensor& grad_offset_n) {
+  if (grad_col.is_cuda()) return offset_grad_cuda(s, grad_col, input_n, offset_n, l0, lc, grad_offset_n);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_col.scalar_type(), "d3d_offset_grad_cpu", [&] {
+    cpu::offset_grad(s, grad_col.const_data_ptr<scalar_t>(), input_n.const_data_ptr<scalar_t>(),
+                     offset_n.const_data_ptr<scalar_t>(), l0, lc, grad_offset_n.mutable_data_ptr<scalar_t>(),
+                     AtenFor{std::max<int64_t>(1, 1024 / std::max<int64_t>(1, s.c / s.offset_group))});
+  });
+}
+
+at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+at::Tensor deform_conv3d(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+                         const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                         at::IntArrayRef dilation, int64_t groups, int64_t offset_groups,
+                         c10::string_view deform_dims) {
+  const DeformConv3dShape s =
+      checked_shape(input, offset, weight, bias, stride, padding, dilation, groups, offset_groups, deform_dims);
+  c10::DeviceGuard guard(input.device());
+  const at::Tensor x = input.contiguous(), off = offset.contiguous();
+  const int64_t L = s.out_spatial(), G = s.group, rows = s.col_rows() / G;
+  const at::Tensor wg = weight.contiguous().view({G, s.o / G, rows});
+  at::Tensor out = at::empty({s.n, s.o, s.out[0], s.out[1], s.out[2]}, x.options());
+  const int64_t chunk = col_chunk(s, kMaxColElems);
+  at::Tensor col_buf = at::empty({s.col_rows() * chunk}, x.options());
+  for (int64_t n = 0; n < s.n; ++n) {
+    at::Tensor out_n = out[n].view({G, s.o / G, L});
+    for (int64_t l0 = 0; l0 < L; l0 += chunk) {
+      const int64_t lc = std::min(chunk, L - l0);
+      at::Tensor col = col_buf.narrow(0, 0, s.col_rows() * lc).view({G, rows, lc});
+      im2col(s, x[n], off[n], l0, lc, col);
+      if (lc == L) {
+        at::matmul_out(out_n, wg, col);
+      } else {
+        out_n.narrow(2, l0, lc).copy_(at::matmul(wg, col));
+      }
+    }
+  }
+  if (bias.has_value() && bias->defined()) out.add_(bias->view({1, s.o, 1, 1, 1}));
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv3d_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t groups, int64_t offset_groups, c10::string_view deform_dims) {
+  const DeformConv3dShape s =
+      checked_shape(input, offset, weight, bias, stride, padding, dilation, groups, offset_groups, deform_dims);
+  TORCH_CHECK(grad_output.dim() == 5 && grad_output.size(0) == s.n && grad_output.size(1) == s.o &&
+                  grad_output.size(2) == s.out[0] && grad_output.size(3) == s.out[1] &&
+                  grad_output.size(4) == s.out[2],
+              "deform_conv3d_backward: grad_output has shape ", grad_output.sizes(), ", expected the output's");
+  c10::DeviceGuard guard(input.device());
+  const at::ScalarType acc = acc_type(input.scalar_type());
+  const at::Tensor x = input.contiguous(), off = offset.contiguous();
+  const at::Tensor go = grad_output.to(input.scalar_type()).contiguous();
+  const int64_t L = s.out_spatial(), G = s.group, rows = s.col_rows() / G;
+  const at::Tensor wg = weight.contiguous().view({G, s.o / G, rows});
+  const at::Tensor wg_t = wg.transpose(1, 2);
+  at::Tensor grad_input = at::zeros(x.sizes(), x.options().dtype(acc));
+  at::Tensor grad_offset = at::zeros(off.sizes(), off.options());
+  at::Tensor grad_weight = at::zeros({G, s.o / G, rows}, weight.options().dtype(acc));
+  const int64_t chunk = col_chunk(s, kMaxColElems);
+  at::Tensor col_buf = at::empty({s.col_rows() * chunk}, x.options());
+  for (int64_t n = 0; n < s.n; ++n) {
+    const at::Tensor go_n = go[n].view({G, s.o / G, L});
+    for (int64_t l0 = 0; l0 < L; l0 += chunk) {
+      const int64_t lc = std::min(chunk, L - l0);
+      const at::Tensor go_c = go_n.narrow(2, l0, lc);
+      const at::Tensor grad_col = at::matmul(wg_t, go_c).contiguous();  // [G, rows, lc]
+      col2im(s, grad_col, off[n], l0, lc, grad_input[n]);
+      offset_grad(s, grad_col, x[n], off[n], l0, lc, grad_offset[n]);
+      at::Tensor col = col_buf.narrow(0, 0, s.col_rows() * lc).view({G, rows, lc});
+      im2col(s, x[n], off[n], l0, lc, col);
+      grad_weight.add_(at::matmul(go_c.to(acc), col.transpose(1, 2).to(acc)));
+    }
+  }
+  at::Tensor grad_bias = go.sum({0, 2, 3, 4}, /*keepdim=*/false, acc).to(input.scalar_type());
+  return {grad_input.to(input.scalar_type()), grad_offset, grad_weight.view(weight.sizes()).to(weight.scalar_type()),
+          grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(d3d, m) {
+  m.def(
+      "deform_conv3d(Tensor input, Tensor offset, Tensor weight, Tensor? bias, int[3] stride, int[3] padding, "
+      "int[3] dilation, int groups, int offset_groups, str deform_dims) -> Tensor");
+  m.def(
+      "deform_conv3d_backward(Tensor grad_output, Tensor input, Tensor offset, Tensor weight, Tensor? bias, "
+      "int[3] stride, int[3] padding, int[3] dilation, int groups, int offset_groups, str deform_dims) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(d3d, CPU, m) {
+  m.impl("deform_conv3d", &deform_conv3d);
+  m.impl("deform_conv3d_backward", &deform_conv3d_backward);
+}
+
+#ifdef D3D_WITH_CUDA
+TORCH_LIBRARY_IMPL(d3d, CUDA, m) {
+  m.impl("deform_conv3d", &deform_conv3d);
+  m.impl("deform_conv3d_backward", &deform_conv3d_backward);
+}
+#else
+// CPU-only build: the CUDA entry points are never reached (tensors are never CUDA), but must link.
+void im2col_cuda(const DeformConv3dShape&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
+                 const at::Tensor&) {
+  TORCH_CHECK(false, "deform_conv3d: this build of the d3d op has no CUDA support");
+}
+void col2im_cuda(const DeformConv3dShape&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
+                 const at::Tensor&) {
+  TORCH_CHECK(false, "deform_conv3d: this build of the d3d op has no CUDA support");
+}
+void offset_grad_cuda(const DeformConv3dShape&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                      int64_t, const at::Tensor&) {
+  TORCH_CHECK(false, "deform_conv3d: this build of the d3d op has no CUDA support");
+}
+#endif
+
+}  // namespace torch_op
+}  // namespace d3d
