@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from d3d.errors import D3DError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = REPO_ROOT / "plugins"
 KERNEL_DIR = PLUGINS / "kernels"
@@ -23,7 +25,7 @@ _lock = threading.Lock()
 _loaded = False
 
 
-class NativeBuildError(RuntimeError):
+class NativeBuildError(D3DError, RuntimeError):
     """The native op could not be built or loaded; the message is one line that says why."""
 
 

@@ -13,12 +13,13 @@ from typing import Any
 
 import torch
 
+from d3d.errors import D3DError
 from d3d.model import D3Dnet, D3DnetConfig
 
 META_KEYS = ("epoch", "loss", "psnr")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(D3DError, ValueError):
     """A checkpoint could not be used; the message is one line naming the file and the reason."""
 
 
@@ -69,7 +70,9 @@ def infer_config(state: dict[str, torch.Tensor], source: str = "state dict") -> 
     frames = state["TA.weight"].shape[1] // nf
     scale = math.isqrt(state["upscale.0.weight"].shape[0] // nf)
     if scale * scale * nf != state["upscale.0.weight"].shape[0]:
-        raise CheckpointError(f"{source}: upscale.0.weight has {state['upscale.0.weight'].shape[0]} outputs, not nf*scale^2")
+        raise CheckpointError(
+            f"{source}: upscale.0.weight has {state['upscale.0.weight'].shape[0]} outputs, not nf*scale^2"
+        )
 
     def count(prefix: str) -> int:
         pat = re.compile(rf"^{prefix}\.(\d+)\.dcn0\.weight$")

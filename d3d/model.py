@@ -89,10 +89,8 @@ class D3Dnet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, t, h, w = x.shape
-        residual = F.interpolate(
-            x[:, :, t // 2], scale_factor=self.config.scale, mode="bilinear", align_corners=False
-        )
+        b, _, t, h, w = x.shape
+        residual = F.interpolate(x[:, :, t // 2], scale_factor=self.config.scale, mode="bilinear", align_corners=False)
         out = self.residual_layer(self.input(x))
         # [B, nf, T, H, W] -> [B, T*nf, H, W], frame-major as in the seed.
         out = self.TA(out.permute(0, 2, 1, 3, 4).reshape(b, t * self.config.nf, h, w))

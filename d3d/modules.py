@@ -33,10 +33,16 @@ class DeformConv3d(nn.Module):
     ) -> None:
         super().__init__()
         if in_channels % groups or out_channels % groups:
-            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must divide by groups ({groups})")
+            raise ValueError(
+                f"in_channels ({in_channels}) and out_channels ({out_channels}) must divide by groups ({groups})"
+            )
         if in_channels % offset_groups:
             raise ValueError(f"in_channels ({in_channels}) must divide by offset_groups ({offset_groups})")
-        if not deform_dims or sorted(deform_dims, key="THW".index) != list(deform_dims) or set(deform_dims) - set("THW"):
+        if (
+            not deform_dims
+            or sorted(deform_dims, key="THW".index) != list(deform_dims)
+            or set(deform_dims) - set("THW")
+        ):
             raise ValueError(f"deform_dims must be a non-empty ordered subset of 'THW', got {deform_dims!r}")
         if len(set(deform_dims)) != len(deform_dims):
             raise ValueError(f"deform_dims repeats a letter: {deform_dims!r}")

@@ -58,9 +58,9 @@ def deform_conv3d_reference(
     # Positions are computed in at least float32 whatever the I/O dtype.
     cdtype = torch.promote_types(input.dtype, torch.float32)
     dev = input.device
-    tap = torch.stack(
-        torch.meshgrid(*(torch.arange(s, device=dev) for s in ksizes), indexing="ij"), dim=0
-    ).reshape(3, k)
+    tap = torch.stack(torch.meshgrid(*(torch.arange(s, device=dev) for s in ksizes), indexing="ij"), dim=0).reshape(
+        3, k
+    )
     offs = offset.to(cdtype).reshape(n, offset_groups, k, nd, *out)
 
     pos = []

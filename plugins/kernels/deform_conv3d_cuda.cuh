@@ -21,50 +21,55 @@ inline unsigned blocks_for(int64_t n) {
   return static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(b, 1), 65535LL * 8));
 }
 
+// One thread per (offset group, tap, column): the tap is located once and applied to every channel of
+// the group; consecutive threads take consecutive columns, so col writes coalesce.
+#define D3D_TAP_LOOP(s, lc)                                                                  \
+  const int64_t K = s.taps(), cpg = s.c / s.offset_group, total = s.offset_group * K * lc;   \
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;           \
+       idx += int64_t(blockDim.x) * gridDim.x)
+
 template <typename scalar_t>
 __global__ void im2col_kernel(DeformConv3dShape s, const scalar_t* input_n, const scalar_t* offset_n, int64_t l0,
                               int64_t lc, scalar_t* col) {
-  const int64_t total = s.c * lc;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(blockDim.x) * gridDim.x) {
-    const int64_t c = idx / lc, ci = idx % lc;
-    im2col_column(s, input_n, offset_n, c, l0 + ci, col, lc, ci);
+  D3D_TAP_LOOP(s, lc) {
+    const int64_t ci = idx % lc, k = (idx / lc) % K, g = idx / (lc * K);
+    im2col_tap(s, input_n, offset_n, g, k, l0 + ci, g * cpg, (g + 1) * cpg, col, lc, ci);
   }
 }
 
 template <typename scalar_t, typename acc_t>
 __global__ void col2im_kernel(DeformConv3dShape s, const scalar_t* grad_col, const scalar_t* offset_n, int64_t l0,
                               int64_t lc, acc_t* grad_input_n) {
-  const int64_t total = s.c * lc;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(blockDim.x) * gridDim.x) {
-    const int64_t c = idx / lc, ci = idx % lc;
-    col2im_column(s, grad_col, lc, ci, offset_n, c, l0 + ci, grad_input_n, ScatterAdd());
+  D3D_TAP_LOOP(s, lc) {
+    const int64_t ci = idx % lc, k = (idx / lc) % K, g = idx / (lc * K);
+    col2im_tap(s, grad_col, lc, ci, offset_n, g, k, l0 + ci, g * cpg, (g + 1) * cpg, grad_input_n, ScatterAdd());
   }
 }
 
 template <typename scalar_t>
 __global__ void offset_grad_kernel(DeformConv3dShape s, const scalar_t* grad_col, const scalar_t* input_n,
                                    const scalar_t* offset_n, int64_t l0, int64_t lc, scalar_t* grad_offset_n) {
-  const int64_t K = s.taps();
-  const int64_t total = s.offset_group * K * lc;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(blockDim.x) * gridDim.x) {
+  D3D_TAP_LOOP(s, lc) {
+    (void)cpg;
     const int64_t ci = idx % lc, k = (idx / lc) % K, g = idx / (lc * K);
-    offset_grad_record(s, grad_col, lc, ci, input_n, offset_n, g, k, l0 + ci, grad_offset_n);
+    offset_grad_tap(s, grad_col, lc, ci, input_n, offset_n, g, k, l0 + ci, grad_offset_n);
   }
 }
+
+#undef D3D_TAP_LOOP
 
 template <typename scalar_t>
 void im2col(const DeformConv3dShape& s, const scalar_t* input_n, const scalar_t* offset_n, int64_t l0, int64_t lc,
             scalar_t* col, cudaStream_t stream) {
-  im2col_kernel<<<blocks_for(s.c * lc), kThreads, 0, stream>>>(s, input_n, offset_n, l0, lc, col);
+  im2col_kernel<<<blocks_for(s.offset_group * s.taps() * lc), kThreads, 0, stream>>>(s, input_n, offset_n, l0, lc,
+                                                                                      col);
 }
 
 template <typename scalar_t, typename acc_t>
 void col2im(const DeformConv3dShape& s, const scalar_t* grad_col, const scalar_t* offset_n, int64_t l0, int64_t lc,
             acc_t* grad_input_n, cudaStream_t stream) {
-  col2im_kernel<<<blocks_for(s.c * lc), kThreads, 0, stream>>>(s, grad_col, offset_n, l0, lc, grad_input_n);
+  col2im_kernel<<<blocks_for(s.offset_group * s.taps() * lc), kThreads, 0, stream>>>(s, grad_col, offset_n, l0, lc,
+                                                                                      grad_input_n);
 }
 
 template <typename scalar_t>

