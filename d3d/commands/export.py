@@ -1,0 +1,75 @@
+"""``d3d export``: D3Dnet checkpoint -> ONNX (custom DeformConv3d node, or --portable standard ops)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", nargs="?", type=Path, help="D3Dnet checkpoint (.pth.tar or state dict)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="ONNX file to write")
+    parser.add_argument("--opset", type=int, default=20, help="ONNX opset (18..23; portable needs >= 20)")
+    parser.add_argument(
+        "--portable", action="store_true", help="standard ONNX ops only (GridSample + Conv), no custom domain"
+    )
+    parser.add_argument("--static", action="store_true", help="fixed input shape instead of dynamic batch/H/W")
+    parser.add_argument("--batch", type=int, default=1, help="example / static batch size")
+    parser.add_argument("--height", type=int, default=64, help="example / static LR height")
+    parser.add_argument("--width", type=int, default=64, help="example / static LR width")
+    g = parser.add_argument_group("without weights (--random-init)")
+    g.add_argument("--random-init", action="store_true", help="export a randomly initialised model")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--scale", type=int, default=4)
+    g.add_argument("--frames", type=int, default=7)
+    g.add_argument("--channels", type=int, default=1, help="input/output channels (1 = Y)")
+    g.add_argument("--nf", type=int, default=64)
+    g.add_argument("--d3d-blocks", type=int, default=5)
+    g.add_argument("--res-blocks", type=int, default=6)
+    g.add_argument(
+        "--offset-init-std",
+        type=float,
+        default=0.0,
+        help="with --random-init: std of the offset convolutions' weights (0 = zero, as in the seed)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from d3d import D3Dnet, load_checkpoint
+    from d3d.errors import D3DError
+    from d3d.export import ExportOptions, check_opset, export_onnx, file_sha256
+
+    check_opset(args.opset, args.portable)  # before any slow work
+    if args.random_init == (args.checkpoint is not None):
+        raise D3DError("give a checkpoint or --random-init (not both)")
+    sha = None
+    if args.checkpoint is not None:
+        model = load_checkpoint(args.checkpoint)
+        sha = file_sha256(args.checkpoint)
+        source = str(args.checkpoint)
+    else:
+        torch.manual_seed(args.seed)
+        model = D3Dnet(args.scale, args.channels, args.channels, args.frames, args.nf, args.d3d_blocks, args.res_blocks)
+        if args.offset_init_std:
+            for m in model.modules():
+                if hasattr(m, "conv_offset"):
+                    torch.nn.init.normal_(m.conv_offset.weight, 0.0, args.offset_init_std)
+        source = f"random init (seed {args.seed})"
+    options = ExportOptions(
+        opset=args.opset,
+        dynamic=not args.static,
+        portable=args.portable,
+        batch=args.batch,
+        height=args.height,
+        width=args.width,
+    )
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    proto = export_onnx(model, args.output, options, checkpoint_sha256=sha)
+    custom = sum(1 for n in proto.graph.node if n.domain == "d3d")
+    flavour = "portable (standard ops)" if args.portable else f"custom op ({custom} DeformConv3d nodes)"
+    shape = "static" if args.static else "dynamic batch/height/width"
+    print(f"wrote {args.output}: {flavour}, opset {args.opset}, {shape}, from {source}")
+    return 0

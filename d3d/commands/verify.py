@@ -1,0 +1,93 @@
+"""``d3d verify``: PyTorch vs ONNX Runtime (vs TensorRT where installed) through Polygraphy."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _shape(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 32x48, got {text!r}") from None
+    return h, w
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="ONNX file exported by d3d export")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="compare against this checkpoint (default: weights from the ONNX file)"
+    )
+    parser.add_argument(
+        "--shapes", type=_shape, nargs="+", default=[(32, 32), (40, 24)], help="LR sizes HxW of the random inputs"
+    )
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    parser.add_argument("--no-real-frames", action="store_true", help="skip the real-footage input")
+    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="TensorRT precision")
+    parser.add_argument("--atol", type=float, help="absolute tolerance (default per precision: fp32 1e-4)")
+    parser.add_argument("--rtol", type=float, help="relative tolerance (default per precision: fp32 1e-3)")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=["pytorch", "onnxruntime", "tensorrt"],
+        choices=["pytorch", "onnxruntime", "tensorrt"],
+        help="runners to compare; the first is the reference",
+    )
+    parser.add_argument("--plugin", type=Path, help="DeformConv3d TensorRT plugin library")
+    parser.add_argument(
+        "--rtx-build",
+        action="store_true",
+        help="also build a TensorRT-RTX engine ahead of time (no GPU needed; portable models only)",
+    )
+    parser.add_argument("--report", type=Path, help="write the comparison as JSON")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Polygraphy's own log")
+
+
+def run(args: argparse.Namespace) -> int:
+    from polygraphy.logger import G_LOGGER
+
+    from d3d.export import load_model
+    from d3d.export.verify import VerifyOptions, format_table, verify, write_report
+
+    G_LOGGER.module_severity = G_LOGGER.ERROR if not args.verbose else G_LOGGER.INFO
+    proto = load_model(args.model)
+    opts = VerifyOptions(
+        shapes=args.shapes,
+        batch=args.batch,
+        seed=args.seed,
+        real_frames=not args.no_real_frames,
+        precision=args.precision,
+        atol=args.atol,
+        rtol=args.rtol,
+        backends=args.backends,
+        plugin_library=args.plugin,
+    )
+    result = verify(args.model, proto, args.checkpoint, opts)
+    for note in result.notes:
+        print(note)
+    for name, why in result.skipped.items():
+        print(f"skipped {name}: {why}")
+    print(format_table(result))
+    if args.rtx_build:
+        _rtx_build(args, proto)
+    if args.report:
+        write_report(args.report, result, args.model)
+    print("PASSED" if result.passed else "FAILED: outside tolerance")
+    return 0 if result.passed else 1
+
+
+def _rtx_build(args: argparse.Namespace, proto) -> None:
+    from d3d.errors import D3DError
+    from d3d.export import has_custom_nodes, model_config
+    from d3d.export.rtx import build_engine_rtx
+
+    if has_custom_nodes(proto):
+        raise D3DError("--rtx-build checks portable models only: TensorRT-RTX cannot load the DeformConv3d plugin")
+    cfg = model_config(proto, str(args.model))
+    hs, ws = [s[0] for s in args.shapes], [s[1] for s in args.shapes]
+    lo = (1, cfg["in_channels"], cfg["frames"], min(hs), min(ws))
+    hi = (args.batch, cfg["in_channels"], cfg["frames"], max(hs), max(ws))
+    engine = build_engine_rtx(args.model, (lo, hi, hi))
+    print(f"TensorRT-RTX: engine built ahead of time for SM89 ({len(engine) / 1e6:.1f} MB), profile {lo} .. {hi}")

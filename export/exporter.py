@@ -1,0 +1,184 @@
+"""D3Dnet -> ONNX, with DeformConv3d as a ``d3d::DeformConv3d`` node or (portable) standard ops."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+
+import d3d
+from d3d.errors import D3DError
+from d3d.export.schema import DOMAIN, register_schema
+from d3d.export.symbolic import export_flavour
+from d3d.model import D3Dnet
+
+MIN_OPSET = 18
+MAX_OPSET = 23
+MIN_OPSET_PORTABLE = 20  # 5-D GridSample
+INPUT_NAME = "lr"
+OUTPUT_NAME = "sr"
+
+META_CONFIG = "d3d.config"
+META_FLAVOUR = "d3d.flavour"
+META_CHECKPOINT = "d3d.checkpoint_sha256"
+META_TOOLCHAIN = "d3d.toolchain"
+META_IO = "d3d.io"
+META_ALIASES = "d3d.param_aliases"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    opset: int = 20
+    dynamic: bool = True  # dynamic batch, height and width; the frame count is fixed by the model
+    portable: bool = False
+    batch: int = 1  # example (and, when static, fixed) input size
+    height: int = 64
+    width: int = 64
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_opset(opset: int, portable: bool) -> None:
+    low = MIN_OPSET_PORTABLE if portable else MIN_OPSET
+    if not low <= opset <= MAX_OPSET:
+        flavour = "the portable flavour (5-D GridSample)" if portable else "export"
+        raise D3DError(f"opset {opset} is not supported for {flavour}: use {low}..{MAX_OPSET}")
+
+
+def export_onnx(
+    model: D3Dnet,
+    path: str | os.PathLike[str],
+    options: ExportOptions = ExportOptions(),
+    checkpoint_sha256: str | None = None,
+) -> onnx.ModelProto:
+    """Exports ``model`` to ``path`` and returns the saved, shape-inferred and checked model.
+
+    Input ``lr``: ``[N, C, frames, H, W]`` (Y channel in [0, 1]); output ``sr``: ``[N, C, s*H, s*W]``.
+    """
+    check_opset(options.opset, options.portable)
+    model = model.eval()
+    cfg = model.config
+    x = torch.rand(options.batch, cfg.in_channels, cfg.frames, options.height, options.width)
+    dynamic_shapes = None
+    if options.dynamic:
+        dim = torch.export.Dim
+        dynamic_shapes = {
+            "x": {0: dim("batch", min=1, max=64), 3: dim("height", min=8, max=8192), 4: dim("width", min=8, max=8192)}
+        }
+    with export_flavour(options.portable), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(
+                model,
+                (x,),
+                dynamo=True,
+                opset_version=options.opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=dynamic_shapes,
+                optimize=True,
+                verbose=False,
+            )
+        except Exception as exc:  # the exporter wraps everything in its own error types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise D3DError(f"ONNX export failed: {first}") from exc
+    proto = program.model_proto
+    meta = {
+        META_CONFIG: json.dumps(cfg.as_dict(), sort_keys=True),
+        META_FLAVOUR: "portable" if options.portable else "custom",
+        META_TOOLCHAIN: f"d3d-trt {d3d.__version__}, torch {torch.__version__}, onnx {onnx.__version__}",
+        META_IO: f"{INPUT_NAME}: [N, {cfg.in_channels}, {cfg.frames}, H, W] Y in [0, 1]; "
+        f"{OUTPUT_NAME}: [N, {cfg.out_channels}, {cfg.scale}H, {cfg.scale}W]",
+    }
+    if checkpoint_sha256:
+        meta[META_CHECKPOINT] = checkpoint_sha256
+    aliases = _param_aliases(model, proto)
+    if aliases:
+        meta[META_ALIASES] = json.dumps(aliases, sort_keys=True)
+    onnx.helper.set_model_props(proto, meta)
+    proto.producer_name, proto.producer_version = "d3d-trt", d3d.__version__
+    register_schema()
+    proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    onnx.checker.check_model(proto, full_check=True)
+    save_model(proto, path)
+    return proto
+
+
+def _param_aliases(model: D3Dnet, proto: onnx.ModelProto) -> dict[str, str]:
+    """The optimizer merges byte-identical initializers and drops all-zero Conv biases. Records, for
+    each parameter whose name disappeared, the initializer that now holds its value ("" when it was
+    dropped as all zeros), so the PyTorch model can be rebuilt from the file."""
+    inits = {i.name: i for i in proto.graph.initializer}
+    aliases = {}
+    for name, value in model.state_dict().items():
+        if name in inits:
+            continue
+        raw = value.detach().cpu().contiguous().numpy().tobytes()
+        for init_name, init in inits.items():
+            # Same bytes (a folded reshape, as in the portable flavour, keeps them).
+            if math.prod(init.dims) == value.numel() and onnx.numpy_helper.to_array(init).tobytes() == raw:
+                aliases[name] = init_name
+                break
+        else:
+            if not value.any():
+                aliases[name] = ""
+    return aliases
+
+
+def save_model(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
+    """Atomic save: a failure leaves no half-written file."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        onnx.save_model(proto, tmp)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Loads and checks an ONNX file; a clear one-line error for a missing or corrupt file."""
+    p = Path(path)
+    if not p.is_file():
+        raise D3DError(f"{p}: no such file")
+    try:
+        proto = onnx.load_model(str(p))
+        register_schema()
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise D3DError(f"{p}: not a valid ONNX model ({first})") from None
+    return proto
+
+
+def param_aliases(proto: onnx.ModelProto) -> dict[str, str]:
+    props = {p.key: p.value for p in proto.metadata_props}
+    return json.loads(props.get(META_ALIASES, "{}"))
+
+
+def model_config(proto: onnx.ModelProto, source: str = "model") -> dict[str, int]:
+    props = {p.key: p.value for p in proto.metadata_props}
+    if META_CONFIG not in props:
+        raise D3DError(f"{source}: no {META_CONFIG} metadata: not exported by d3d-trt (pass --checkpoint)")
+    return json.loads(props[META_CONFIG])
+
+
+def has_custom_nodes(proto: onnx.ModelProto) -> bool:
+    return any(n.domain == DOMAIN for n in proto.graph.node)

@@ -1,0 +1,66 @@
+"""How DeformConv3d appears in an exported graph: a ``d3d::DeformConv3d`` node, or (portable
+flavour) standard ops only. Selected by :func:`export_flavour` during ``torch.onnx.export``."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
+import torch
+
+from d3d.export.portable import deform_conv3d_portable
+from d3d.export.schema import DOMAIN, OP_TYPE, VERSION
+
+PLUGIN_VERSION = "1"
+PLUGIN_NAMESPACE = DOMAIN
+
+_portable = contextvars.ContextVar("d3d_export_portable", default=False)
+
+
+@contextlib.contextmanager
+def export_flavour(portable: bool) -> Iterator[None]:
+    token = _portable.set(portable)
+    try:
+        yield
+    finally:
+        _portable.reset(token)
+
+
+def deform_conv3d_onnx(
+    input: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int, int],
+    padding: tuple[int, int, int],
+    dilation: tuple[int, int, int],
+    groups: int,
+    offset_groups: int,
+    deform_dims: str,
+) -> torch.Tensor:
+    if _portable.get():
+        return deform_conv3d_portable(
+            input, offset, weight, bias, stride, padding, dilation, groups, offset_groups, deform_dims
+        )
+    out = [
+        (input.shape[2 + a] + 2 * padding[a] - dilation[a] * (weight.shape[2 + a] - 1) - 1) // stride[a] + 1
+        for a in range(3)
+    ]
+    return torch.onnx.ops.symbolic(
+        f"{DOMAIN}::{OP_TYPE}",
+        [input, offset, weight, bias],
+        {
+            "strides": list(stride),
+            "pads": list(padding),
+            "dilations": list(dilation),
+            "group": groups,
+            "offset_group": offset_groups,
+            "deform_dims": deform_dims,
+            "plugin_version": PLUGIN_VERSION,
+            "plugin_namespace": PLUGIN_NAMESPACE,
+        },
+        dtype=input.dtype,
+        shape=[input.shape[0], weight.shape[0], *out],
+        version=VERSION,
+    )

@@ -1,0 +1,122 @@
+"""TensorRT: engine building (with the DeformConv3d plugin library) and the engine sidecar.
+
+Everything here imports ``tensorrt`` lazily; where it is missing, :class:`TensorRTMissing` says what
+to install and exits with code 2. NOT VERIFIED in this project's CI: no TensorRT builder can be
+installed there (see docs/TENSORRT.md); only the missing-TensorRT path is tested.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from d3d.errors import D3DError
+
+PLUGIN_NAME = "libd3d_trt_plugin.so"
+Shape = Sequence[int]
+
+
+class TensorRTMissing(D3DError):
+    exit_code = 2
+
+
+def import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise TensorRTMissing(
+            "TensorRT is not installed: on a machine with an NVIDIA GPU run "
+            "`pip install 'd3d-trt[tensorrt]'` (or `pip install tensorrt`), or install the TensorRT SDK "
+            "and add its python/ wheel; then build the plugin with CMake (see docs/TENSORRT.md)"
+        ) from None
+    return trt
+
+
+def find_plugin_library(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The DeformConv3d plugin library: explicit path, $D3D_TRT_PLUGIN, the install prefix
+    (``cmake --install build --prefix .venv``), or the build folder."""
+    from d3d._native import REPO_ROOT
+
+    candidates = [explicit, os.environ.get("D3D_TRT_PLUGIN")]
+    candidates += [Path(sys.prefix) / "lib" / "d3d-trt" / PLUGIN_NAME, REPO_ROOT / "build" / PLUGIN_NAME]
+    for c in candidates:
+        if c and Path(c).is_file():
+            return Path(c)
+    raise TensorRTMissing(
+        f"the DeformConv3d TensorRT plugin ({PLUGIN_NAME}) was not found: build it with "
+        "`cmake -S . -B build -DTensorRT_ROOT=/path/to/TensorRT && cmake --build build && "
+        "cmake --install build --prefix .venv`, or pass --plugin / set D3D_TRT_PLUGIN"
+    )
+
+
+def load_plugin(trt, logger, library: Path) -> None:
+    registry = trt.get_plugin_registry()
+    if registry.load_library(str(library)) is None:
+        raise D3DError(f"{library}: TensorRT could not load the plugin library")
+
+
+def build_engine_bytes(
+    onnx_path: Path,
+    precision: str = "fp32",
+    profile: tuple[Shape, Shape, Shape] | None = None,
+    plugin_library: Path | None = None,
+    timing_cache: Path | None = None,
+    optimization_level: int = 3,
+    workspace_gib: float = 4.0,
+    input_name: str = "lr",
+) -> bytes:
+    """Parses ``onnx_path`` with TensorRT's ONNX parser (plugin loaded) and builds a serialized engine."""
+    trt = import_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    load_plugin(trt, logger, plugin_library or find_plugin_library())
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise D3DError(f"{onnx_path}: TensorRT's ONNX parser refused the model: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    config.builder_optimization_level = optimization_level
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "bf16":
+        config.set_flag(trt.BuilderFlag.BF16)
+    elif precision != "fp32":
+        raise D3DError(f"unknown precision {precision!r}: use fp32, fp16 or bf16")
+    if profile is not None:
+        p = builder.create_optimization_profile()
+        p.set_shape(input_name, *[tuple(s) for s in profile])
+        config.add_optimization_profile(p)
+    cache = None
+    if timing_cache is not None:
+        data = timing_cache.read_bytes() if timing_cache.is_file() else b""
+        cache = config.create_timing_cache(data)
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise D3DError(f"{onnx_path}: TensorRT failed to build an engine (see the log above)")
+    if cache is not None:
+        timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    return bytes(engine)
+
+
+def sidecar_path(engine_path: Path) -> Path:
+    return engine_path.with_name(engine_path.name + ".json")
+
+
+def device_description() -> dict:
+    """GPU name and compute capability of device 0 (via torch when it has CUDA, else cuda-python)."""
+    import torch
+
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(0)
+        return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
+    return {"gpu": None, "compute_capability": None}
+
+
+def write_sidecar(engine_path: Path, info: dict) -> None:
+    sidecar_path(engine_path).write_text(json.dumps(info, indent=1, sort_keys=True))
