@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("d3d.commands.demo", "forward pass of D3Dnet on frames of a real clip"),
     "export": ("d3d.commands.export", "export a checkpoint to ONNX (custom DeformConv3d node or --portable)"),
     "verify": ("d3d.commands.verify", "compare PyTorch, ONNX Runtime and TensorRT outputs with Polygraphy"),
+    "build": ("d3d.commands.build", "build a TensorRT engine (with the DeformConv3d plugin) from an ONNX file"),
 }
 
 

@@ -1,0 +1,83 @@
+"""``d3d build``: ONNX (custom-op or portable) -> TensorRT engine file + JSON sidecar."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _bhw(text: str) -> tuple[int, int, int]:
+    try:
+        b, h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected BxHxW (batch x LR height x LR width), got {text!r}") from None
+    if min(b, h, w) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return b, h, w
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="ONNX file from d3d export")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="engine file to write")
+    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16")
+    parser.add_argument("--min-shape", type=_bhw, default=(1, 64, 64), help="profile minimum BxHxW (LR)")
+    parser.add_argument("--opt-shape", type=_bhw, default=(1, 180, 320), help="profile optimum BxHxW")
+    parser.add_argument("--max-shape", type=_bhw, default=(1, 272, 480), help="profile maximum BxHxW")
+    parser.add_argument("--timing-cache", type=Path, help="timing cache file (read if present, then updated)")
+    parser.add_argument("--opt-level", type=int, default=3, choices=range(6), help="builder optimization level")
+    parser.add_argument("--workspace", type=float, default=4.0, help="workspace limit in GiB")
+    parser.add_argument("--plugin", type=Path, help="DeformConv3d plugin library (default: searched)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import datetime
+    import json
+
+    import d3d
+    from d3d.errors import D3DError
+    from d3d.export import file_sha256, has_custom_nodes, load_model, model_config
+    from d3d.runtime.tensorrt import (
+        build_engine_bytes,
+        device_description,
+        find_plugin_library,
+        import_tensorrt,
+        write_sidecar,
+    )
+
+    if not all(lo <= opt <= hi for lo, opt, hi in zip(args.min_shape, args.opt_shape, args.max_shape, strict=True)):
+        raise D3DError("the profile must satisfy min <= opt <= max in batch, height and width")
+    trt = import_tensorrt()  # exits 2 with install advice where TensorRT is missing
+    proto = load_model(args.model)
+    config = model_config(proto, str(args.model))
+    plugin = find_plugin_library(args.plugin) if has_custom_nodes(proto) else None
+    ch, frames = config["in_channels"], config["frames"]
+    profile = tuple((b, ch, frames, h, w) for b, h, w in (args.min_shape, args.opt_shape, args.max_shape))
+    engine = build_engine_bytes(
+        args.model,
+        precision=args.precision,
+        profile=profile,
+        plugin_library=plugin,
+        timing_cache=args.timing_cache,
+        optimization_level=args.opt_level,
+        workspace_gib=args.workspace,
+    )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.output.with_name(f".{args.output.name}.tmp")
+    tmp.write_bytes(engine)
+    tmp.replace(args.output)
+    info = {
+        "tensorrt_version": trt.__version__,
+        **device_description(),
+        "precision": args.precision,
+        "profile": {"min": profile[0], "opt": profile[1], "max": profile[2]},
+        "model_config": config,
+        "onnx": str(args.model),
+        "onnx_sha256": file_sha256(args.model),
+        "plugin": str(plugin) if plugin else None,
+        "d3d_trt_version": d3d.__version__,
+        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_sidecar(args.output, info)
+    print(f"wrote {args.output} ({len(engine) / 1e6:.1f} MB, {args.precision}) and {args.output.name}.json")
+    print(json.dumps(info["profile"]))
+    return 0
