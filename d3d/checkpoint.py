@@ -6,13 +6,13 @@ import math
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from d3d.atomic import atomic_write
 from d3d.errors import D3DError
 from d3d.model import D3Dnet, D3DnetConfig
 
@@ -137,13 +137,5 @@ def save_checkpoint(
 ) -> None:
     """Saves in the seed's layout; written to a temporary file and renamed, so a failure leaves no
     half-written checkpoint."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         torch.save({"epoch": epoch, "state_dict": model.state_dict(), "loss": loss, "psnr": psnr}, tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -16,10 +16,11 @@ from d3d.errors import D3DError
 # name -> (module, help); modules are imported only when their command runs, so `d3d --help` is fast.
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("d3d.commands.info", "show versions, backends and build the native op"),
-    "demo": ("d3d.commands.demo", "forward pass of D3Dnet on frames of a real clip"),
+    "upscale": ("d3d.commands.upscale", "upscale a video or frame folder (the main job)"),
     "export": ("d3d.commands.export", "export a checkpoint to ONNX (custom DeformConv3d node or --portable)"),
     "verify": ("d3d.commands.verify", "compare PyTorch, ONNX Runtime and TensorRT outputs with Polygraphy"),
     "build": ("d3d.commands.build", "build a TensorRT engine (with the DeformConv3d plugin) from an ONNX file"),
+    "bench": ("d3d.commands.bench", "latency, throughput and peak memory per backend"),
 }
 
 

@@ -6,7 +6,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import onnx
 import torch
 
 import d3d
+from d3d.atomic import atomic_write
 from d3d.errors import D3DError
 from d3d.export.schema import DOMAIN, register_schema
 from d3d.export.symbolic import export_flavour
@@ -141,16 +141,8 @@ def _param_aliases(model: D3Dnet, proto: onnx.ModelProto) -> dict[str, str]:
 
 def save_model(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
     """Atomic save: a failure leaves no half-written file."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        onnx.save_model(proto, tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        onnx.save_model(proto, str(tmp))
 
 
 def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:

@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     import d3d
+    from d3d.atomic import atomic_write
     from d3d.errors import D3DError
     from d3d.export import file_sha256, has_custom_nodes, load_model, model_config
     from d3d.runtime.tensorrt import (
@@ -61,10 +62,8 @@ def run(args: argparse.Namespace) -> int:
         optimization_level=args.opt_level,
         workspace_gib=args.workspace,
     )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(f".{args.output.name}.tmp")
-    tmp.write_bytes(engine)
-    tmp.replace(args.output)
+    with atomic_write(args.output) as tmp:
+        tmp.write_bytes(engine)
     info = {
         "tensorrt_version": trt.__version__,
         **device_description(),

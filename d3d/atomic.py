@@ -1,0 +1,71 @@
+"""Write-then-rename outputs: a failure never leaves a half-written file behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class AtomicFile:
+    """A temporary sibling of ``path`` (same suffix, so format-by-extension writers work) that
+    ``commit`` renames onto ``path`` with the usual permissions, and ``abort`` deletes."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=self.path.suffix)
+        os.close(fd)
+        self.tmp = Path(tmp)
+
+    def commit(self) -> None:
+        os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp creates 0600
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """``with atomic_write(p) as tmp: write(tmp)`` — renamed onto ``p`` only if the block succeeds."""
+    f = AtomicFile(path)
+    try:
+        yield f.tmp
+    except BaseException:
+        f.abort()
+        raise
+    f.commit()
+
+
+class AtomicDir:
+    """A temporary sibling folder that ``commit`` renames onto ``path`` (replacing it) and ``abort``
+    deletes."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}."))
+
+    def commit(self) -> None:
+        import shutil
+
+        os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
+        if self.path.is_dir():
+            shutil.rmtree(self.path)
+        elif self.path.exists():
+            self.path.unlink()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.tmp, ignore_errors=True)
