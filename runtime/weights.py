@@ -39,12 +39,12 @@ def torch_model(checkpoint: Path | None, onnx: Path | None = None):
     return _random_model(), RANDOM_LABEL
 
 
-def onnx_for(checkpoint: Path | None) -> tuple[Path, str]:
+def onnx_for(checkpoint: Path | None, portable: bool = ORT_FLAVOUR_PORTABLE) -> tuple[Path, str]:
     """A cached ONNX export of the checkpoint (or of the seeded random model)."""
     from d3d._native import cache_dir
     from d3d.export import ExportOptions, export_onnx, file_sha256
 
-    flavour = "portable" if ORT_FLAVOUR_PORTABLE else "custom"
+    flavour = "portable" if portable else "custom"
     if checkpoint is not None:
         sha = file_sha256(checkpoint)
         key, label = f"{sha[:16]}-{flavour}", f"checkpoint {checkpoint}"
@@ -55,5 +55,5 @@ def onnx_for(checkpoint: Path | None) -> tuple[Path, str]:
         model, _ = torch_model(checkpoint)
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         print(f"exporting the model to {path} for ONNX Runtime (once)")
-        export_onnx(model, path, ExportOptions(portable=ORT_FLAVOUR_PORTABLE), checkpoint_sha256=sha)
+        export_onnx(model, path, ExportOptions(portable=portable), checkpoint_sha256=sha)
     return path, label
