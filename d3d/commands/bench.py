@@ -12,20 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from d3d.commands import dims_arg
+
 BACKENDS = ("pytorch", "onnxruntime", "onnxruntime-portable", "tensorrt")
-
-
-def _hw(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW (LR), got {text!r}") from None
-    return h, w
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=["pytorch", "onnxruntime"])
-    parser.add_argument("--sizes", type=_hw, nargs="+", default=[(68, 160)], help="LR sizes HxW")
+    parser.add_argument("--sizes", type=dims_arg("HxW"), nargs="+", default=[(68, 160)], help="LR sizes HxW")
     parser.add_argument("--iterations", type=int, default=5, help="timed windows per backend and size")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--checkpoint", type=Path, help="weights (default: seeded random initialisation)")

@@ -5,24 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-def _bhw(text: str) -> tuple[int, int, int]:
-    try:
-        b, h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected BxHxW (batch x LR height x LR width), got {text!r}") from None
-    if min(b, h, w) < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-    return b, h, w
+from d3d.commands import dims_arg
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="ONNX file from d3d export")
     parser.add_argument("-o", "--output", type=Path, required=True, help="engine file to write")
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16")
-    parser.add_argument("--min-shape", type=_bhw, default=(1, 64, 64), help="profile minimum BxHxW (LR)")
-    parser.add_argument("--opt-shape", type=_bhw, default=(1, 180, 320), help="profile optimum BxHxW")
-    parser.add_argument("--max-shape", type=_bhw, default=(1, 272, 480), help="profile maximum BxHxW")
+    parser.add_argument("--min-shape", type=dims_arg("BxHxW"), default=(1, 64, 64), help="profile minimum BxHxW (LR)")
+    parser.add_argument("--opt-shape", type=dims_arg("BxHxW"), default=(1, 180, 320), help="profile optimum BxHxW")
+    parser.add_argument("--max-shape", type=dims_arg("BxHxW"), default=(1, 272, 480), help="profile maximum BxHxW")
     parser.add_argument("--timing-cache", type=Path, help="timing cache file (read if present, then updated)")
     parser.add_argument("--opt-level", type=int, default=3, choices=range(6), help="builder optimization level")
     parser.add_argument("--workspace", type=float, default=4.0, help="workspace limit in GiB")

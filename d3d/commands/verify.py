@@ -5,13 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-def _shape(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 32x48, got {text!r}") from None
-    return h, w
+from d3d.commands import dims_arg
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +14,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint", type=Path, help="compare against this checkpoint (default: weights from the ONNX file)"
     )
     parser.add_argument(
-        "--shapes", type=_shape, nargs="+", default=[(32, 32), (40, 24)], help="LR sizes HxW of the random inputs"
+        "--shapes",
+        type=dims_arg("HxW"),
+        nargs="+",
+        default=[(32, 32), (40, 24)],
+        help="LR sizes HxW of the random inputs",
     )
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")

@@ -3,39 +3,18 @@
 // adjointness, or a direct convolution loop written here.
 #include <cmath>
 #include <cstdio>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "deform_conv3d_attrs.h"
+#include "test_harness.h"
 #include "deform_conv3d_cpu.h"
 #include "deform_conv3d_math.h"
 
 namespace {
 
-int g_failures = 0;
-int g_checks = 0;
+using d3d_test::uniform;
 
-#define CHECK(cond, ...)                                        \
-  do {                                                          \
-    ++g_checks;                                                 \
-    if (!(cond)) {                                              \
-      ++g_failures;                                             \
-      std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                                 \
-      std::printf("\n");                                        \
-    }                                                           \
-  } while (0)
-
-std::mt19937_64& rng() {
-  static std::mt19937_64 r([] {
-    const unsigned seed = std::random_device{}();
-    std::printf("seed %u\n", seed);
-    return seed;
-  }());
-  return r;
-}
-double uniform(double a, double b) { return std::uniform_real_distribution<double>(a, b)(rng()); }
 
 void test_affine_is_exact() {
   const int64_t T = 4, H = 5, W = 6;
@@ -241,6 +220,5 @@ int main() {
   test_scatter_is_adjoint_of_sample();
   test_attribute_validation();
   test_forward_against_direct_conv();
-  std::printf("%d checks, %d failed\n", g_checks, g_failures);
-  return g_failures == 0 ? 0 : 1;
+  return d3d_test::report();
 }

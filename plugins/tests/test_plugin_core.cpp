@@ -3,11 +3,11 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "deform_conv3d_attrs.h"
+#include "test_harness.h"
 #include "plugin_core.h"
 
 using d3d::DeformConv3dAttrs;
@@ -16,18 +16,7 @@ using d3d::plugin::FieldType;
 
 namespace {
 
-int g_failures = 0, g_checks = 0;
-
-#define CHECK(cond, ...)                                          \
-  do {                                                            \
-    ++g_checks;                                                   \
-    if (!(cond)) {                                                \
-      ++g_failures;                                               \
-      std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                                   \
-      std::printf("\n");                                          \
-    }                                                             \
-  } while (0)
+using d3d_test::randint;
 
 bool same(const DeformConv3dAttrs& a, const DeformConv3dAttrs& b) {
   for (int i = 0; i < 3; ++i) {
@@ -35,16 +24,6 @@ bool same(const DeformConv3dAttrs& a, const DeformConv3dAttrs& b) {
   }
   return a.group == b.group && a.offset_group == b.offset_group && a.deform_dims == b.deform_dims;
 }
-
-std::mt19937_64& rng() {
-  static std::mt19937_64 r([] {
-    const unsigned seed = std::random_device{}();
-    std::printf("seed %u\n", seed);
-    return seed;
-  }());
-  return r;
-}
-int64_t randint(int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng()); }
 
 // What TensorRT's ONNX parser hands over for a D3Dnet node: int32 lists, strings with their length.
 void test_onnx_parser_fields() {
@@ -210,6 +189,5 @@ int main() {
   test_serialization_round_trip();
   test_output_expr_and_workspace();
   test_fuzz();
-  std::printf("%d checks, %d failed\n", g_checks, g_failures);
-  return g_failures == 0 ? 0 : 1;
+  return d3d_test::report();
 }
