@@ -66,14 +66,7 @@ def load_native(verbose: bool = False) -> None:
             return
         if not (TORCH_DIR / "deform_conv3d_op.cpp").is_file():
             raise NativeBuildError(
-                f"d3d: native op sources not found under {PLUGINS}; install the project from its checkout "
-                "(pip install -e .)"
-            )
-        cxx = os.environ.get("CXX", "c++")
-        if shutil.which(cxx) is None:
-            raise NativeBuildError(
-                f"d3d: no C++ compiler found ('{cxx}' is not on PATH); install g++ or set CXX to build the "
-                "DeformConv3d op"
+                f"native op sources not found under {PLUGINS}; install the project from its checkout (pip install -e .)"
             )
         # CUDA sources only where this PyTorch has CUDA and nvcc is usable.
         with_cuda = torch.cuda.is_available() and torch.version.cuda is not None
@@ -81,6 +74,12 @@ def load_native(verbose: bool = False) -> None:
 
         name = f"d3d_ops_{_source_hash(with_cuda)}"
         build_dir = cache_dir() / "torch_ext" / name
+        cxx = os.environ.get("CXX", "c++")
+        # An up-to-date build in the cache loads without a compiler.
+        if not (build_dir / f"{name}.so").is_file() and shutil.which(cxx) is None:
+            raise NativeBuildError(
+                f"no C++ compiler found ('{cxx}' is not on PATH); install g++ or set CXX to build the DeformConv3d op"
+            )
         build_dir.mkdir(parents=True, exist_ok=True)
         cflags = ["-O3", "-fopenmp", "-DNDEBUG"]
         if with_cuda:
@@ -100,7 +99,7 @@ def load_native(verbose: bool = False) -> None:
         except Exception as exc:  # cpp_extension raises bare RuntimeError/OSError with the compiler log
             last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise NativeBuildError(
-                f"d3d: building the native DeformConv3d op failed ({last}); rerun with D3D_VERBOSE_BUILD=1 "
+                f"building the native DeformConv3d op failed ({last}); rerun with D3D_VERBOSE_BUILD=1 "
                 f"for the compiler log (build folder {build_dir})"
             ) from exc
         _loaded = True

@@ -130,3 +130,16 @@ def test_pack_module_any_deform_dims(native, gen, dims):
     layer(x).square().sum().backward()
     assert layer.conv_offset.weight.grad.abs().sum() > 0
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_no_compiler_gives_one_line(tmp_path):
+    """With no cached build and no C++ compiler, `d3d info` says so in one line."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CXX": "/nonexistent/c++", "D3D_CACHE_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "d3d.cli", "info"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    err = proc.stderr.strip()
+    assert err.count("\n") == 0 and "no C++ compiler found ('/nonexistent/c++'" in err

@@ -23,3 +23,25 @@ def test_build_rejects_inverted_profile(tmp_path, capsys):
     rc = cli(["build", "x.onnx", "-o", str(tmp_path / "e"), "--min-shape", "1x90x90", "--opt-shape", "1x64x64"])
     assert rc == 1
     assert "min <= opt <= max" in capsys.readouterr().err
+
+
+def test_engine_sidecar_mismatch_is_explained(tmp_path):
+    import json
+
+    from d3d.errors import D3DError
+    from d3d.runtime.runners import check_sidecar
+
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"x")
+    with pytest.raises(D3DError, match="no sidecar"):
+        check_sidecar(engine, "10.13.0", "NVIDIA H100", "9.0")
+    (tmp_path / "m.engine.json").write_text(
+        json.dumps({"tensorrt_version": "10.9.0", "gpu": "NVIDIA L4", "compute_capability": "8.9"})
+    )
+    with pytest.raises(D3DError) as info:
+        check_sidecar(engine, "10.13.0", "NVIDIA H100", "9.0")
+    msg = str(info.value)
+    assert "built with TensorRT 10.9.0, running 10.13.0" in msg
+    assert "built for compute capability 8.9, this GPU is 9.0" in msg and "rebuild" in msg
+    info_ok = check_sidecar(engine, "10.9.0", "NVIDIA L4", "8.9")
+    assert info_ok["gpu"] == "NVIDIA L4"
