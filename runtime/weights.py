@@ -39,6 +39,20 @@ def torch_model(checkpoint: Path | None, onnx: Path | None = None):
     return _random_model(), RANDOM_LABEL
 
 
+def _code_version() -> str:
+    """Hash of the code that shapes an export, so a changed model or exporter never reuses a stale file."""
+    import hashlib
+
+    import d3d
+    from d3d._native import REPO_ROOT
+
+    h = hashlib.sha256(d3d.__version__.encode())
+    for rel in ("d3d/model.py", "d3d/modules.py", "export/exporter.py", "export/symbolic.py", "export/portable.py"):
+        f = REPO_ROOT / rel
+        h.update(f.read_bytes() if f.is_file() else rel.encode())
+    return h.hexdigest()[:8]
+
+
 def onnx_for(checkpoint: Path | None, portable: bool = ORT_FLAVOUR_PORTABLE) -> tuple[Path, str]:
     """A cached ONNX export of the checkpoint (or of the seeded random model)."""
     from d3d._native import cache_dir
@@ -50,7 +64,7 @@ def onnx_for(checkpoint: Path | None, portable: bool = ORT_FLAVOUR_PORTABLE) -> 
         key, label = f"{sha[:16]}-{flavour}", f"checkpoint {checkpoint}"
     else:
         sha, key, label = None, f"random-seed{RANDOM_SEED}-{flavour}", RANDOM_LABEL
-    path = cache_dir() / "onnx" / f"d3dnet-{key}.onnx"
+    path = cache_dir() / "onnx" / f"d3dnet-{key}-{_code_version()}.onnx"
     if not path.is_file():
         model, _ = torch_model(checkpoint)
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
