@@ -136,9 +136,10 @@ def _tensorrt_runner(model_path: Path, opts: VerifyOptions, config: dict):
         import tensorrt  # noqa: F401
     except ImportError:
         return None, "TensorRT is not installed (pip install tensorrt; needs an NVIDIA GPU)"
-    if not torch.cuda.is_available():
+    from d3d.runtime.tensorrt import build_engine_bytes, find_plugin_library, gpu_present
+
+    if not gpu_present():
         return None, "no CUDA GPU is available"
-    from d3d.runtime.tensorrt import build_engine_bytes, find_plugin_library
 
     try:
         from polygraphy.backend.trt import TrtRunner

@@ -210,15 +210,6 @@ class TensorRTRunner(Runner):
         return self._h_out.astype(np.float32)
 
 
-def _gpu_present() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:  # pragma: no cover
-        return False
-
-
 def create_runner(
     backend: str,
     *,
@@ -231,11 +222,12 @@ def create_runner(
     """Builds the runner for ``backend`` from the given model files. Returns it and a line saying which
     weights it uses. ``auto``: TensorRT when an engine and a GPU are present, else ONNX Runtime (CPU)."""
     from d3d.runtime import weights
+    from d3d.runtime.tensorrt import gpu_present
 
     if backend not in BACKENDS:
         raise D3DError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        backend = "tensorrt" if engine is not None and _gpu_present() else "onnxruntime"
+        backend = "tensorrt" if engine is not None and gpu_present() else "onnxruntime"
     if backend == "tensorrt":
         if engine is None:
             raise D3DError("the tensorrt backend needs --engine (build one with `d3d build`)")
@@ -247,7 +239,9 @@ def create_runner(
             label = f"ONNX {onnx}"
         return OrtRunner(onnx, threads=threads), label
     model, label = weights.torch_model(checkpoint, onnx)
-    return TorchRunner(model, "cuda" if _gpu_present() else "cpu", threads), label
+    import torch
+
+    return TorchRunner(model, "cuda" if torch.cuda.is_available() else "cpu", threads), label
 
 
 def peak_rss_mb() -> float:

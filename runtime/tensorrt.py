@@ -7,6 +7,7 @@ installed there (see docs/TENSORRT.md); only the missing-TensorRT path is tested
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import sys
@@ -108,14 +109,31 @@ def sidecar_path(engine_path: Path) -> Path:
     return engine_path.with_name(engine_path.name + ".json")
 
 
-def device_description() -> dict:
-    """GPU name and compute capability of device 0 (via torch when it has CUDA, else cuda-python)."""
-    import torch
+def device_description(ordinal: int = 0) -> dict:
+    """Name and compute capability of a GPU, asked of the CUDA driver (libcuda) directly, so it works
+    with a CPU-only build of PyTorch. ``{"gpu": None, ...}`` where there is no driver or device."""
+    none = {"gpu": None, "compute_capability": None}
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return none
+    count = ctypes.c_int(0)
+    if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value <= ordinal:
+        return none
+    dev = ctypes.c_int(0)
+    if lib.cuDeviceGet(ctypes.byref(dev), ordinal) != 0:
+        return none
+    name = ctypes.create_string_buffer(256)
+    major, minor = ctypes.c_int(0), ctypes.c_int(0)
+    lib.cuDeviceGetName(name, len(name), dev)
+    # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75, _MINOR = 76
+    lib.cuDeviceGetAttribute(ctypes.byref(major), 75, dev)
+    lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev)
+    return {"gpu": name.value.decode(errors="replace"), "compute_capability": f"{major.value}.{minor.value}"}
 
-    if torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability(0)
-        return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
-    return {"gpu": None, "compute_capability": None}
+
+def gpu_present() -> bool:
+    return device_description()["gpu"] is not None
 
 
 def write_sidecar(engine_path: Path, info: dict) -> None:

@@ -199,3 +199,19 @@ def test_cli_export_from_checkpoint_and_errors(tmp_path, capsys):
     assert cli(["verify", str(out), "--checkpoint", str(other)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "does not match the model config" in err and "d3d_blocks 1 vs 2" in err
+
+
+def test_cli_verify_with_rtx_build(exported, tmp_path, capsys):
+    pytest.importorskip("tensorrt_rtx_bindings", reason="install the project's [rtx] extra")
+    _, paths = exported
+    report = tmp_path / "r.json"
+    rc = cli(
+        ["verify", str(paths[True]), "--shapes", "24x24", "--no-real-frames", "--rtx-build", "--report", str(report)]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0 and "PASSED" in out and "TensorRT-RTX: engine built ahead of time" in out
+    data = json.loads(report.read_text())
+    assert data["passed"] and data["runners"] == ["pytorch", "onnxruntime"] and "tensorrt" in data["skipped"]
+    # The custom-op model cannot be checked by TensorRT-RTX (no plugin support): a clear refusal.
+    assert cli(["verify", str(paths[False]), "--shapes", "24x24", "--no-real-frames", "--rtx-build"]) == 1
+    assert "checks portable models only" in capsys.readouterr().err
