@@ -30,9 +30,12 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/d3d upscale --clip bikes --max-frames 4 --downscale 4 -o out/bikes_x4.mp4 --overwrite
 
+CXX_SOURCES = $(shell git ls-files 'plugins/*.h' 'plugins/*.cpp' 'plugins/*.cu' 'plugins/*.cuh' 2>/dev/null)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/clang-format --dry-run --Werror $(CXX_SOURCES)
 
 cpp-test:
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release

@@ -312,7 +312,8 @@ def upscale_stream(
         y, cbcr = _to_ycbcr(rgb, opts.downscale)
         slot = n % t
         ring[slot], frame_ids[slot] = (y, cbcr), n
-        runner.put(slot, y)
+        if not opts.tile:  # tiles are cut from the host ring instead
+            runner.put(slot, y)
         while next_out + half <= n:
             yield emit(next_out, n)
             next_out += 1

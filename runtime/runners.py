@@ -65,6 +65,16 @@ class TorchRunner(Runner):
         self._torch = torch
         self._model = model.eval().to(device)
 
+    def put(self, slot: int, frame: np.ndarray) -> None:
+        # The ring lives on the model's device: each frame is uploaded once.
+        self._ring[slot] = self._torch.from_numpy(np.ascontiguousarray(frame)).to(self.device)
+
+    def run(self, slots: Sequence[int]) -> np.ndarray:
+        torch = self._torch
+        with torch.no_grad():
+            y = self._model(torch.stack([self._ring[s] for s in slots], dim=1)[None])
+        return y[0].cpu().numpy()
+
     def infer(self, window: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.no_grad():

@@ -98,8 +98,8 @@ inline std::string make_shape(const DeformConv3dAttrs& a, const int64_t in[5], c
   if (r.o % a.group != 0)
     return "output channels (" + std::to_string(r.o) + ") must be divisible by group (" + std::to_string(a.group) + ")";
   if (weight[1] * a.group != r.c)
-    return "weight has " + std::to_string(weight[1]) + " input channels per group, expected C/group = " +
-           std::to_string(r.c / a.group);
+    return "weight has " + std::to_string(weight[1]) +
+           " input channels per group, expected C/group = " + std::to_string(r.c / a.group);
   if (r.c % a.offset_group != 0)
     return "input channels (" + std::to_string(r.c) + ") must be divisible by offset_group (" +
            std::to_string(a.offset_group) + ")";
@@ -110,13 +110,15 @@ inline std::string make_shape(const DeformConv3dAttrs& a, const int64_t in[5], c
     r.pad[i] = a.pad[i];
     r.dil[i] = a.dil[i];
     r.out[i] = conv_out_size(in_sp[i], a.pad[i], a.dil[i], r.k[i], a.stride[i]);
-    if (r.out[i] < 1) return "input is too small for the kernel: output extent along axis " + std::to_string(i) + " is " + std::to_string(r.out[i]);
+    if (r.out[i] < 1)
+      return "input is too small for the kernel: output extent along axis " + std::to_string(i) + " is " +
+             std::to_string(r.out[i]);
   }
   err = parse_deform_dims(a.deform_dims, r.slot, &r.nd);
   if (!err.empty()) return err;
   if (offset_channels >= 0 && offset_channels != r.offset_channels())
-    return "offset has " + std::to_string(offset_channels) + " channels, expected offset_group * kT*kH*kW * len(deform_dims) = " +
-           std::to_string(r.offset_channels());
+    return "offset has " + std::to_string(offset_channels) +
+           " channels, expected offset_group * kT*kH*kW * len(deform_dims) = " + std::to_string(r.offset_channels());
   *s = r;
   return "";
 }

@@ -23,9 +23,9 @@ inline unsigned blocks_for(int64_t n) {
 
 // One thread per (offset group, tap, column): the tap is located once and applied to every channel of
 // the group; consecutive threads take consecutive columns, so col writes coalesce.
-#define D3D_TAP_LOOP(s, lc)                                                                  \
-  const int64_t K = s.taps(), cpg = s.c / s.offset_group, total = s.offset_group * K * lc;   \
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;           \
+#define D3D_TAP_LOOP(s, lc)                                                                \
+  const int64_t K = s.taps(), cpg = s.c / s.offset_group, total = s.offset_group * K * lc; \
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;          \
        idx += int64_t(blockDim.x) * gridDim.x)
 
 template <typename scalar_t>
@@ -61,15 +61,14 @@ __global__ void offset_grad_kernel(DeformConv3dShape s, const scalar_t* grad_col
 template <typename scalar_t>
 void im2col(const DeformConv3dShape& s, const scalar_t* input_n, const scalar_t* offset_n, int64_t l0, int64_t lc,
             scalar_t* col, cudaStream_t stream) {
-  im2col_kernel<<<blocks_for(s.offset_group * s.taps() * lc), kThreads, 0, stream>>>(s, input_n, offset_n, l0, lc,
-                                                                                      col);
+  im2col_kernel<<<blocks_for(s.offset_group * s.taps() * lc), kThreads, 0, stream>>>(s, input_n, offset_n, l0, lc, col);
 }
 
 template <typename scalar_t, typename acc_t>
 void col2im(const DeformConv3dShape& s, const scalar_t* grad_col, const scalar_t* offset_n, int64_t l0, int64_t lc,
             acc_t* grad_input_n, cudaStream_t stream) {
   col2im_kernel<<<blocks_for(s.offset_group * s.taps() * lc), kThreads, 0, stream>>>(s, grad_col, offset_n, l0, lc,
-                                                                                      grad_input_n);
+                                                                                     grad_input_n);
 }
 
 template <typename scalar_t>
@@ -98,8 +97,7 @@ __global__ void grouped_gemm_bias_kernel(DeformConv3dShape s, const scalar_t* we
   acc_t acc = acc_t(0);
   for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
     const int64_t wr = r0 + threadIdx.x;  // weight tile: row o, column wr
-    ws[threadIdx.y][threadIdx.x] =
-        (o_local < opg && wr < rows) ? to_acc<acc_t>(weight[o * rows + wr]) : acc_t(0);
+    ws[threadIdx.y][threadIdx.x] = (o_local < opg && wr < rows) ? to_acc<acc_t>(weight[o * rows + wr]) : acc_t(0);
     const int64_t cr = r0 + threadIdx.y;  // col tile: row cr, column ci
     cs[threadIdx.y][threadIdx.x] = (cr < rows && ci < lc) ? to_acc<acc_t>(col[(g * rows + cr) * lc + ci]) : acc_t(0);
     __syncthreads();
@@ -117,7 +115,8 @@ __global__ void grouped_gemm_bias_kernel(DeformConv3dShape s, const scalar_t* we
 // workspace must hold col_rows() * col_chunk(s, max_col_elems) elements of scalar_t.
 template <typename scalar_t>
 cudaError_t forward(const DeformConv3dShape& s, const scalar_t* x, const scalar_t* offset, const scalar_t* weight,
-                    const scalar_t* bias, scalar_t* y, scalar_t* workspace, int64_t max_col_elems, cudaStream_t stream) {
+                    const scalar_t* bias, scalar_t* y, scalar_t* workspace, int64_t max_col_elems,
+                    cudaStream_t stream) {
   const int64_t L = s.out_spatial(), chunk = col_chunk(s, max_col_elems);
   const int64_t opg = s.o / s.group;
   for (int64_t n = 0; n < s.n; ++n) {

@@ -152,7 +152,8 @@ int32_t DeformConv3dPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, i
       return -1;
     }
     const plugin::AxisExpr e = plugin::output_axis_expr(attrs_, ax, k->getConstantValue());
-    const nvinfer1::IDimensionExpr* num = eb.operation(DimensionOperation::kSUM, *inputs[0].d[2 + ax], *eb.constant(e.add));
+    const nvinfer1::IDimensionExpr* num =
+        eb.operation(DimensionOperation::kSUM, *inputs[0].d[2 + ax], *eb.constant(e.add));
     const nvinfer1::IDimensionExpr* q = eb.operation(DimensionOperation::kFLOOR_DIV, *num, *eb.constant(e.stride));
     outputs[0].d[2 + ax] = eb.operation(DimensionOperation::kSUM, *q, *eb.constant(1));
   }

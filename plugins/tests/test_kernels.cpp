@@ -7,14 +7,13 @@
 #include <vector>
 
 #include "deform_conv3d_attrs.h"
-#include "test_harness.h"
 #include "deform_conv3d_cpu.h"
 #include "deform_conv3d_math.h"
+#include "test_harness.h"
 
 namespace {
 
 using d3d_test::uniform;
-
 
 void test_affine_is_exact() {
   const int64_t T = 4, H = 5, W = 6;
@@ -37,8 +36,7 @@ void test_outside_and_partial() {
   // Outside the open box (-1, T) x (-1, H) x (-1, W): exactly zero.
   const float outside[][3] = {{-1.0f, 1, 1}, {3.0f, 1, 1}, {1, -1.5f, 1}, {1, 1, 3.2f}, {-7, -7, -7}};
   for (auto& p : outside) {
-    CHECK(d3d::trilinear_sample<float>(ones.data(), T, H, W, p[0], p[1], p[2]) == 0.0f, "(%g,%g,%g)", p[0], p[1],
-          p[2]);
+    CHECK(d3d::trilinear_sample<float>(ones.data(), T, H, W, p[0], p[1], p[2]) == 0.0f, "(%g,%g,%g)", p[0], p[1], p[2]);
   }
   // Between -1 and 0 along one axis only the in-volume corner counts: weight 1 - |frac|.
   const float got = d3d::trilinear_sample<float>(ones.data(), T, H, W, 1.0f, -0.25f, 1.0f);
@@ -64,8 +62,7 @@ void test_coord_grad_matches_finite_differences() {
       const double fd = (d3d::trilinear_sample<double>(v.data(), T, H, W, hi[0], hi[1], hi[2]) -
                          d3d::trilinear_sample<double>(v.data(), T, H, W, lo[0], lo[1], lo[2])) /
                         (2 * eps);
-      CHECK(std::fabs(fd - g[a]) < 1e-6, "axis %d at (%g,%g,%g): analytic %g vs fd %g", a, p[0], p[1], p[2], g[a],
-            fd);
+      CHECK(std::fabs(fd - g[a]) < 1e-6, "axis %d at (%g,%g,%g): analytic %g vs fd %g", a, p[0], p[1], p[2], g[a], fd);
     }
   }
 }
@@ -115,8 +112,8 @@ void test_attribute_validation() {
   const int64_t in[5] = {1, 4, 5, 6, 7};
   const int64_t w_ok[5] = {6, 4, 3, 3, 3};
   CHECK(d3d::make_shape(a, in, w_ok, 81, &s).empty(), "valid shape rejected");
-  CHECK(s.out[0] == 3 && s.out[1] == 4 && s.out[2] == 5, "out %lld %lld %lld", (long long)s.out[0],
-        (long long)s.out[1], (long long)s.out[2]);
+  CHECK(s.out[0] == 3 && s.out[1] == 4 && s.out[2] == 5, "out %lld %lld %lld", (long long)s.out[0], (long long)s.out[1],
+        (long long)s.out[2]);
   CHECK(!d3d::make_shape(a, in, w_ok, 80, &s).empty(), "wrong offset channels accepted");
   a.group = 3;
   CHECK(!d3d::make_shape(a, in, w_ok, 81, &s).empty(), "C %% group != 0 accepted");

@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "deform_conv3d_attrs.h"
-#include "test_harness.h"
 #include "plugin_core.h"
+#include "test_harness.h"
 
 using d3d::DeformConv3dAttrs;
 using d3d::plugin::Field;
@@ -31,9 +31,9 @@ void test_onnx_parser_fields() {
   const char dims[] = "HW";
   const char version[] = "1", ns[] = "d3d";
   const Field fields[] = {
-      {"strides", ones, FieldType::kInt32, 3},   {"pads", pads, FieldType::kInt32, 3},
-      {"dilations", ones, FieldType::kInt32, 3}, {"group", &one, FieldType::kInt32, 1},
-      {"offset_group", &one, FieldType::kInt32, 1}, {"deform_dims", dims, FieldType::kChar, 2},
+      {"strides", ones, FieldType::kInt32, 3},          {"pads", pads, FieldType::kInt32, 3},
+      {"dilations", ones, FieldType::kInt32, 3},        {"group", &one, FieldType::kInt32, 1},
+      {"offset_group", &one, FieldType::kInt32, 1},     {"deform_dims", dims, FieldType::kChar, 2},
       {"plugin_version", version, FieldType::kChar, 2},  // counts the NUL: accepted
       {"plugin_namespace", ns, FieldType::kChar, 3},
   };
@@ -124,7 +124,8 @@ void test_output_expr_and_workspace() {
       for (auto t : {d3d::plugin::DType::kFloat32, d3d::plugin::DType::kFloat16}) {
         CHECK(d3d::plugin::workspace_bytes(big, t) >= d3d::plugin::workspace_bytes(s, t), "workspace not monotone");
         const size_t elems = d3d::plugin::workspace_bytes(s, t) / d3d::plugin::element_size(t);
-        CHECK(elems >= size_t(s.col_rows()) && elems <= size_t(std::max<int64_t>(d3d::plugin::kMaxColElems, s.col_rows())),
+        CHECK(elems >= size_t(s.col_rows()) &&
+                  elems <= size_t(std::max<int64_t>(d3d::plugin::kMaxColElems, s.col_rows())),
               "workspace size out of range");
       }
     }
@@ -134,8 +135,9 @@ void test_output_expr_and_workspace() {
 // Random and malformed field sets: never crash, always a reason when refused, and anything accepted
 // satisfies the contract.
 void test_fuzz() {
-  const char* names[] = {"strides", "pads", "dilations", "group", "offset_group", "deform_dims",
-                         "plugin_version", "plugin_namespace", "", "stride", "deform_dims\x01"};
+  const char* names[] = {"strides",        "pads",           "dilations",        "group", "offset_group",
+                         "deform_dims",    "plugin_version", "plugin_namespace", "",      "stride",
+                         "deform_dims\x01"};
   const FieldType types[] = {FieldType::kInt32, FieldType::kInt64, FieldType::kChar, FieldType::kOther};
   int accepted = 0;
   for (int it = 0; it < 20000; ++it) {

@@ -34,9 +34,9 @@ struct AtenFor {
 };
 
 DeformConv3dShape checked_shape(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
-                                const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                                int64_t offset_groups, c10::string_view deform_dims) {
+                                const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                                at::IntArrayRef dilation, int64_t groups, int64_t offset_groups,
+                                c10::string_view deform_dims) {
   TORCH_CHECK(input.dim() == 5, "deform_conv3d: input must be 5-D [N, C, T, H, W], got shape ", input.sizes());
   TORCH_CHECK(offset.dim() == 5, "deform_conv3d: offset must be 5-D [N, G*K*len(deform_dims), T', H', W'], got shape ",
               offset.sizes());
@@ -66,10 +66,10 @@ DeformConv3dShape checked_shape(const at::Tensor& input, const at::Tensor& offse
   DeformConv3dShape s;
   const std::string err = make_shape(a, in, w, offset.size(1), &s);
   TORCH_CHECK(err.empty(), "deform_conv3d: ", err);
-  TORCH_CHECK(offset.size(0) == s.n && offset.size(2) == s.out[0] && offset.size(3) == s.out[1] &&
-                  offset.size(4) == s.out[2],
-              "deform_conv3d: offset must have shape [", s.n, ", ", s.offset_channels(), ", ", s.out[0], ", ",
-              s.out[1], ", ", s.out[2], "], got ", offset.sizes());
+  TORCH_CHECK(
+      offset.size(0) == s.n && offset.size(2) == s.out[0] && offset.size(3) == s.out[1] && offset.size(4) == s.out[2],
+      "deform_conv3d: offset must have shape [", s.n, ", ", s.offset_channels(), ", ", s.out[0], ", ", s.out[1], ", ",
+      s.out[2], "], got ", offset.sizes());
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == s.o, "deform_conv3d: bias must have shape [", s.o, "], got ",
                 bias->sizes());
@@ -79,8 +79,8 @@ DeformConv3dShape checked_shape(const at::Tensor& input, const at::Tensor& offse
   return s;
 }
 
-void im2col(const DeformConv3dShape& s, const at::Tensor& input_n, const at::Tensor& offset_n, int64_t l0,
-            int64_t lc, const at::Tensor& col) {
+void im2col(const DeformConv3dShape& s, const at::Tensor& input_n, const at::Tensor& offset_n, int64_t l0, int64_t lc,
+            const at::Tensor& col) {
   if (input_n.is_cuda()) return im2col_cuda(s, input_n, offset_n, l0, lc, col);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input_n.scalar_type(), "d3d_im2col_cpu", [&] {
     cpu::im2col(s, input_n.const_data_ptr<scalar_t>(), offset_n.const_data_ptr<scalar_t>(), l0, lc,
@@ -88,8 +88,8 @@ void im2col(const DeformConv3dShape& s, const at::Tensor& input_n, const at::Ten
   });
 }
 
-void col2im(const DeformConv3dShape& s, const at::Tensor& grad_col, const at::Tensor& offset_n, int64_t l0,
-            int64_t lc, const at::Tensor& grad_input_n) {
+void col2im(const DeformConv3dShape& s, const at::Tensor& grad_col, const at::Tensor& offset_n, int64_t l0, int64_t lc,
+            const at::Tensor& grad_input_n) {
   if (grad_col.is_cuda()) return col2im_cuda(s, grad_col, offset_n, l0, lc, grad_input_n);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_col.scalar_type(), "d3d_col2im_cpu", [&] {
     using acc_t = typename AccType<scalar_t>::type;
@@ -175,13 +175,12 @@ at::Tensor deform_conv3d(const at::Tensor& input, const at::Tensor& offset, cons
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv3d_backward(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
-    const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
-    at::IntArrayRef dilation, int64_t groups, int64_t offset_groups, c10::string_view deform_dims) {
+    const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+    int64_t groups, int64_t offset_groups, c10::string_view deform_dims) {
   const DeformConv3dShape s =
       checked_shape(input, offset, weight, bias, stride, padding, dilation, groups, offset_groups, deform_dims);
   TORCH_CHECK(grad_output.dim() == 5 && grad_output.size(0) == s.n && grad_output.size(1) == s.o &&
-                  grad_output.size(2) == s.out[0] && grad_output.size(3) == s.out[1] &&
-                  grad_output.size(4) == s.out[2],
+                  grad_output.size(2) == s.out[0] && grad_output.size(3) == s.out[1] && grad_output.size(4) == s.out[2],
               "deform_conv3d_backward: grad_output has shape ", grad_output.sizes(), ", expected the output's");
   c10::DeviceGuard guard(input.device());
   const at::ScalarType acc = acc_type(input.scalar_type());
@@ -237,12 +236,10 @@ TORCH_LIBRARY_IMPL(d3d, CUDA, m) {
 }
 #else
 // CPU-only build: the CUDA entry points are never reached (tensors are never CUDA), but must link.
-void im2col_cuda(const DeformConv3dShape&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
-                 const at::Tensor&) {
+void im2col_cuda(const DeformConv3dShape&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, const at::Tensor&) {
   TORCH_CHECK(false, "deform_conv3d: this build of the d3d op has no CUDA support");
 }
-void col2im_cuda(const DeformConv3dShape&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
-                 const at::Tensor&) {
+void col2im_cuda(const DeformConv3dShape&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, const at::Tensor&) {
   TORCH_CHECK(false, "deform_conv3d: this build of the d3d op has no CUDA support");
 }
 void offset_grad_cuda(const DeformConv3dShape&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
