@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     src.add_argument("--plugin", type=Path, help="DeformConv3d TensorRT plugin library")
     src.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime / PyTorch")
+    src.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay the engine launch as a CUDA graph")
     run = parser.add_argument_group("frames")
     run.add_argument("--start", type=int, default=0, help="first input frame")
     run.add_argument("--max-frames", type=int, help="upscale at most this many frames")
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         threads=args.threads,
         plugin=args.plugin,
+        cuda_graph=args.cuda_graph,
     )
     sink = open_sink(args.output, source.fps, y16=args.y_only, overwrite=args.overwrite, crf=args.crf)
     print(f"input: {path} | backend: {runner.describe()} | weights: {weights}")
