@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from d3d.errors import D3DError
+from d3d.errors import D3DError, summary_line
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = REPO_ROOT / "plugins"
@@ -97,7 +97,7 @@ def load_native(verbose: bool = False) -> None:
                 verbose=verbose,
             )
         except Exception as exc:  # cpp_extension raises bare RuntimeError/OSError with the compiler log
-            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            last = summary_line(exc, last=True)
             raise NativeBuildError(
                 f"building the native DeformConv3d op failed ({last}); rerun with D3D_VERBOSE_BUILD=1 "
                 f"for the compiler log (build folder {build_dir})"

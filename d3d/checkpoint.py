@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from d3d.atomic import atomic_write
-from d3d.errors import D3DError
+from d3d.errors import D3DError, summary_line
 from d3d.model import D3Dnet, D3DnetConfig
 
 META_KEYS = ("epoch", "loss", "psnr")
@@ -21,11 +21,6 @@ META_KEYS = ("epoch", "loss", "psnr")
 
 class CheckpointError(D3DError, ValueError):
     """A checkpoint could not be used; the message is one line naming the file and the reason."""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -42,10 +37,10 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{p}: refused: the file holds objects other than tensors and plain values, which are not "
-            f"loaded (weights_only=True): {_first_line(exc)}"
+            f"loaded (weights_only=True): {summary_line(exc)}"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({summary_line(exc)})") from None
     if isinstance(obj, dict) and "state_dict" in obj:
         state, meta = obj["state_dict"], {k: obj[k] for k in META_KEYS if k in obj}
     else:

@@ -5,3 +5,12 @@ class D3DError(Exception):
     """An error whose message is complete and meant for the user (no traceback)."""
 
     exit_code = 1
+
+
+def summary_line(exc: BaseException, last: bool = False) -> str:
+    """One line of an exception's message for a user-facing error (the first, or the last for
+    compiler-style logs), or its type name when it has no message."""
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    return lines[-1] if last else lines[0]

@@ -15,7 +15,7 @@ import torch
 
 import d3d
 from d3d.atomic import atomic_write
-from d3d.errors import D3DError
+from d3d.errors import D3DError, summary_line
 from d3d.export.schema import DOMAIN, register_schema
 from d3d.export.symbolic import export_flavour
 from d3d.model import D3Dnet
@@ -94,8 +94,7 @@ def export_onnx(
                 verbose=False,
             )
         except Exception as exc:  # the exporter wraps everything in its own error types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise D3DError(f"ONNX export failed: {first}") from exc
+            raise D3DError(f"ONNX export failed: {summary_line(exc)}") from exc
     proto = program.model_proto
     meta = {
         META_CONFIG: json.dumps(cfg.as_dict(), sort_keys=True),
@@ -155,8 +154,7 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         register_schema()
         onnx.checker.check_model(proto)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise D3DError(f"{p}: not a valid ONNX model ({first})") from None
+        raise D3DError(f"{p}: not a valid ONNX model ({summary_line(exc)})") from None
     return proto
 
 

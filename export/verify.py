@@ -130,6 +130,14 @@ def _inputs(config: dict, opts: VerifyOptions) -> Iterator[tuple[str, dict[str, 
         yield f"real frames {h}x{w}", {INPUT_NAME: np.repeat(y[None, None], opts.batch, axis=0)}
 
 
+def profile_for(config: dict, shapes: Sequence[tuple[int, int]], batch: int) -> tuple[tuple[int, ...], ...]:
+    """A TensorRT optimization profile (min, opt, max input shapes) covering every verification input."""
+    hs, ws = [s[0] for s in shapes], [s[1] for s in shapes]
+    ch, frames = config["in_channels"], config["frames"]
+    hi = (batch, ch, frames, max(hs), max(ws))
+    return (1, ch, frames, min(hs), min(ws)), hi, hi
+
+
 def _tensorrt_runner(model_path: Path, opts: VerifyOptions, config: dict):
     """A Polygraphy TensorRT runner with the DeformConv3d plugin, or a reason why there is none."""
     try:
@@ -146,14 +154,7 @@ def _tensorrt_runner(model_path: Path, opts: VerifyOptions, config: dict):
     except ImportError as exc:
         return None, f"Polygraphy's TensorRT backend is unavailable ({exc})"
     plugin = opts.plugin_library or find_plugin_library()
-    hs = [s[0] for s in opts.shapes]
-    ws = [s[1] for s in opts.shapes]
-    frames, ch = config["frames"], config["in_channels"]
-    profile = (
-        (1, ch, frames, min(hs), min(ws)),
-        (opts.batch, ch, frames, max(hs), max(ws)),
-        (opts.batch, ch, frames, max(hs), max(ws)),
-    )
+    profile = profile_for(config, opts.shapes, opts.batch)
     engine = build_engine_bytes(model_path, precision=opts.precision, profile=profile, plugin_library=plugin)
     from polygraphy.backend.trt import EngineFromBytes
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 
-from d3d.errors import D3DError
+from d3d.errors import D3DError, summary_line
 from d3d.export.schema import DOMAIN, OP_TYPE
 
 ORT_DOMAIN = "ai.onnx.contrib"
@@ -130,8 +130,7 @@ def create_session(
     try:
         return ort.InferenceSession(proto.SerializeToString(), options, providers=list(providers))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise D3DError(f"ONNX Runtime cannot load the model: {first}") from None
+        raise D3DError(f"ONNX Runtime cannot load the model: {summary_line(exc)}") from None
 
 
 def available_providers() -> list[str]:

@@ -80,12 +80,10 @@ def _rtx_build(args: argparse.Namespace, proto) -> None:
     from d3d.errors import D3DError
     from d3d.export import has_custom_nodes, model_config
     from d3d.export.rtx import build_engine_rtx
+    from d3d.export.verify import profile_for
 
     if has_custom_nodes(proto):
         raise D3DError("--rtx-build checks portable models only: TensorRT-RTX cannot load the DeformConv3d plugin")
-    cfg = model_config(proto, str(args.model))
-    hs, ws = [s[0] for s in args.shapes], [s[1] for s in args.shapes]
-    lo = (1, cfg["in_channels"], cfg["frames"], min(hs), min(ws))
-    hi = (args.batch, cfg["in_channels"], cfg["frames"], max(hs), max(ws))
+    lo, _, hi = profile_for(model_config(proto, str(args.model)), args.shapes, args.batch)
     engine = build_engine_rtx(args.model, (lo, hi, hi))
     print(f"TensorRT-RTX: engine built ahead of time for SM89 ({len(engine) / 1e6:.1f} MB), profile {lo} .. {hi}")
