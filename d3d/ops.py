@@ -8,6 +8,7 @@ registered with ``torch.library``; this module adds its fake (meta) implementati
 from __future__ import annotations
 
 import threading
+import warnings
 
 import torch
 
@@ -19,11 +20,13 @@ __all__ = [
     "deform_conv3d",
     "deform_conv3d_reference",
     "ensure_native",
+    "native_available",
     "output_size",
 ]
 
 _lock = threading.Lock()
 _registered = False
+_fallback_reason: str | None = None
 
 
 def output_size(
@@ -45,6 +48,27 @@ def ensure_native() -> None:
         load_native()
         _register_python_parts()
         _registered = True
+
+
+def native_available() -> bool:
+    """True when the native op is loaded; on the first failure to build it, warns once and returns
+    False from then on (callers then use the pure-PyTorch reference)."""
+    global _fallback_reason
+    if _registered:
+        return True
+    if _fallback_reason is not None:
+        return False
+    try:
+        ensure_native()
+        return True
+    except NativeBuildError as exc:
+        _fallback_reason = str(exc)
+        warnings.warn(
+            f"{exc}; falling back to the pure-PyTorch DeformConv3d reference (about 15x slower)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
 
 
 def _register_python_parts() -> None:
@@ -105,13 +129,17 @@ def deform_conv3d(
 
     Returns:
         ``[N, O, T', H', W']``.
+
+    Runs the native op (``plugins/kernels``); where it cannot be built, warns once and runs
+    :func:`deform_conv3d_reference` instead.
     """
     st, pd, dl = triple(stride, "stride"), triple(padding, "padding"), triple(dilation, "dilation")
     if torch.onnx.is_in_onnx_export():
         from d3d.export.symbolic import deform_conv3d_onnx
 
         return deform_conv3d_onnx(input, offset, weight, bias, st, pd, dl, groups, offset_groups, deform_dims)
-    ensure_native()
+    if not native_available():
+        return deform_conv3d_reference(input, offset, weight, bias, st, pd, dl, groups, offset_groups, deform_dims)
     return torch.ops.d3d.deform_conv3d(
         input, offset, weight, bias, list(st), list(pd), list(dl), groups, offset_groups, deform_dims
     )

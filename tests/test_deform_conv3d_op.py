@@ -155,3 +155,18 @@ def test_wrong_offset_shape_is_reported(native):
     w = torch.randn(4, 4, 3, 3, 3)
     with pytest.raises(RuntimeError, match="offset has 27 channels, expected"):
         deform_conv3d(x, torch.zeros(1, 27, 3, 5, 5), w, padding=1, deform_dims="HW")
+
+
+def test_falls_back_to_the_reference_with_a_warning(gen, monkeypatch):
+    import d3d.ops as ops
+
+    def no_compiler():
+        raise ops.NativeBuildError("no C++ compiler found ('c++' is not on PATH)")
+
+    monkeypatch.setattr(ops, "_registered", False)
+    monkeypatch.setattr(ops, "_fallback_reason", None)
+    monkeypatch.setattr(ops, "ensure_native", no_compiler)
+    x, off, w, b, kw = _make(CASES[0], "HW", gen)
+    with pytest.warns(RuntimeWarning, match="falling back to the pure-PyTorch DeformConv3d reference"):
+        got = ops.deform_conv3d(x, off, w, b, **kw)
+    torch.testing.assert_close(got, deform_conv3d_reference(x, off, w, b, **kw), rtol=0, atol=0)
