@@ -17,7 +17,19 @@ import torch
 from d3d.errors import D3DError, summary_line
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PLUGINS = REPO_ROOT / "plugins"
+
+
+def _plugins_dir() -> Path:
+    """plugins/ of the checkout (editable install) or the copy shipped in the wheel (d3d._plugins)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("d3d._plugins")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return REPO_ROOT / "plugins"
+
+
+PLUGINS = _plugins_dir()
 KERNEL_DIR = PLUGINS / "kernels"
 TORCH_DIR = PLUGINS / "torch"
 
