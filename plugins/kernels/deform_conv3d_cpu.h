@@ -26,42 +26,15 @@ void im2col(const DeformConv3dShape& s, const scalar_t* input_n, const scalar_t*
             scalar_t* col, const ParFor& par = ParFor()) {
   using acc_t = typename AccType<scalar_t>::type;
   constexpr int64_t kBlock = 64;
-  const int64_t K = s.taps(), L = s.out_spatial(), V = s.in_spatial(), cpg = s.c / s.offset_group;
+  const int64_t K = s.taps(), V = s.in_spatial(), cpg = s.c / s.offset_group;
   const int64_t nblk = (lc + kBlock - 1) / kBlock;
   par(0, s.offset_group * K * nblk, [&](int64_t b, int64_t e) {
     Corners<acc_t, false> pts[kBlock];
     for (int64_t item = b; item < e; ++item) {
       const int64_t blk = item % nblk, k = (item / nblk) % K, g = item / (nblk * K);
       const int64_t ci0 = blk * kBlock, n = (lc - ci0 < kBlock) ? lc - ci0 : kBlock;
-      const scalar_t* off_tap = offset_n + (g * K + k) * s.nd * L;
-      for (int64_t j = 0; j < n; ++j) {
-        acc_t pos[3];
-        tap_position<acc_t>(s, off_tap, L, l0 + ci0 + j, k, pos);
-        locate(s.t, s.h, s.w, pos[0], pos[1], pos[2], pts[j]);
-      }
-      // Four channels per sweep: each located tap's indices and weights are loaded once for four gathers.
-      int64_t c = g * cpg;
-      for (; c + 4 <= (g + 1) * cpg; c += 4) {
-        const scalar_t* v0 = input_n + c * V;
-        scalar_t* d0 = col + (c * K + k) * lc + ci0;
-        const int64_t row = K * lc;
-        for (int64_t j = 0; j < n; ++j) {
-          const Corners<acc_t, false>& p = pts[j];
-          acc_t r0 = acc_t(0), r1 = acc_t(0), r2 = acc_t(0), r3 = acc_t(0);
-          for (int q = 0; q < 8; ++q) {
-            const scalar_t* src = v0 + p.idx[q];
-            r0 += p.w[q] * to_acc<acc_t>(src[0]);
-            r1 += p.w[q] * to_acc<acc_t>(src[V]);
-            r2 += p.w[q] * to_acc<acc_t>(src[2 * V]);
-            r3 += p.w[q] * to_acc<acc_t>(src[3 * V]);
-          }
-          d0[j] = from_acc<scalar_t>(r0);
-          d0[row + j] = from_acc<scalar_t>(r1);
-          d0[2 * row + j] = from_acc<scalar_t>(r2);
-          d0[3 * row + j] = from_acc<scalar_t>(r3);
-        }
-      }
-      for (; c < (g + 1) * cpg; ++c) {
+      for (int64_t j = 0; j < n; ++j) locate_tap(s, offset_n, g, k, l0 + ci0 + j, pts[j]);
+      for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) {
         const scalar_t* vol = input_n + c * V;
         scalar_t* dst = col + (c * K + k) * lc + ci0;
         for (int64_t j = 0; j < n; ++j) dst[j] = from_acc<scalar_t>(gather(pts[j], vol));
@@ -79,17 +52,15 @@ void im2col_channels_last(const DeformConv3dShape& s, const scalar_t* input_cl, 
                           int64_t lc, scalar_t* colT, const ParFor& par = ParFor()) {
   using acc_t = typename AccType<scalar_t>::type;
   constexpr int64_t kCBlock = 64;
-  const int64_t K = s.taps(), L = s.out_spatial(), cpg_off = s.c / s.offset_group, cpg = s.c / s.group;
+  const int64_t K = s.taps(), cpg_off = s.c / s.offset_group, cpg = s.c / s.group;
   par(0, s.offset_group * lc, [&](int64_t b, int64_t e) {
     acc_t acc[kCBlock];
     for (int64_t item = b; item < e; ++item) {
       const int64_t ci = item % lc, og = item / lc;
       scalar_t* row = colT + ci * s.col_rows();
       for (int64_t k = 0; k < K; ++k) {
-        acc_t pos[3];
-        tap_position<acc_t>(s, offset_n + (og * K + k) * s.nd * L, L, l0 + ci, k, pos);
         Corners<acc_t, false> p;
-        locate(s.t, s.h, s.w, pos[0], pos[1], pos[2], p);
+        locate_tap(s, offset_n, og, k, l0 + ci, p);
         // Channels of this offset group, in blocks that never straddle a channel-group boundary.
         for (int64_t c = og * cpg_off; c < (og + 1) * cpg_off;) {
           const int64_t g = c / cpg, group_end = (g + 1) * cpg, og_end = (og + 1) * cpg_off;

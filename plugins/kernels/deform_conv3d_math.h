@@ -118,8 +118,31 @@ D3D_HD void locate(int64_t T, int64_t H, int64_t W, acc_t t, acc_t h, acc_t w, C
 template <typename acc_t, bool kGrad, typename scalar_t>
 D3D_HD acc_t gather(const Corners<acc_t, kGrad>& p, const scalar_t* vol) {
   acc_t r = acc_t(0);
+  if (!p.inside) return r;
   for (int n = 0; n < 8; ++n) r += p.w[n] * to_acc<acc_t>(vol[p.idx[n]]);
   return r;
+}
+
+// d(sample)/d(t, h, w) at a located point, into g[0..2] (0 outside the valid region).
+template <typename acc_t, typename scalar_t>
+D3D_HD void coord_grad(const Corners<acc_t, true>& p, const scalar_t* vol, acc_t g[3]) {
+  g[0] = g[1] = g[2] = acc_t(0);
+  if (!p.inside) return;
+  for (int n = 0; n < 8; ++n) {
+    const acc_t v = to_acc<acc_t>(vol[p.idx[n]]);
+    g[0] += p.dw[0][n] * v;
+    g[1] += p.dw[1][n] * v;
+    g[2] += p.dw[2][n] * v;
+  }
+}
+
+// Adjoint of gather: adds value * weight into each in-volume corner (input gradient).
+template <typename acc_t, bool kGrad, typename Add>
+D3D_HD void scatter(const Corners<acc_t, kGrad>& p, acc_t* vol, acc_t value, Add add) {
+  if (!p.inside) return;
+  for (int n = 0; n < 8; ++n) {
+    if (p.w[n] != acc_t(0)) add(vol + p.idx[n], p.w[n] * value);
+  }
 }
 
 // Channels-last variant of gather: vol_cl is [T*H*W, ldc] (channel fastest), and n consecutive
@@ -150,10 +173,7 @@ D3D_HD void trilinear_coord_grad(const scalar_t* vol, int64_t T, int64_t H, int6
                                  acc_t g[3]) {
   Corners<acc_t, true> p;
   locate(T, H, W, t, h, w, p);
-  for (int a = 0; a < 3; ++a) {
-    g[a] = acc_t(0);
-    for (int n = 0; n < 8; ++n) g[a] += p.dw[a][n] * to_acc<acc_t>(vol[p.idx[n]]);
-  }
+  coord_grad(p, vol, g);
 }
 
 // Adjoint of trilinear_sample: adds value * weight into each in-volume corner (input gradient).
@@ -162,10 +182,7 @@ D3D_HD void trilinear_scatter(acc_t* vol, int64_t T, int64_t H, int64_t W, acc_t
                               Add add) {
   Corners<acc_t, false> p;
   locate(T, H, W, t, h, w, p);
-  if (!p.inside) return;
-  for (int n = 0; n < 8; ++n) {
-    if (p.w[n] != acc_t(0)) add(vol + p.idx[n], p.w[n] * value);
-  }
+  scatter(p, vol, value, add);
 }
 
 // Sampling position of tap k = (i*kH + j)*kW + q at output position l (flattened T'H'W').
@@ -188,6 +205,17 @@ D3D_HD void tap_position(const DeformConv3dShape& s, const scalar_t* off_tap, in
   }
 }
 
+// Locates tap k of offset group g at output position l of one batch item (offset_n is that item's
+// offset tensor): the position plus its trilinear corners.
+template <bool kGrad, typename acc_t, typename scalar_t>
+D3D_HD void locate_tap(const DeformConv3dShape& s, const scalar_t* offset_n, int64_t g, int64_t k, int64_t l,
+                       Corners<acc_t, kGrad>& p) {
+  const int64_t L = s.out_spatial();
+  acc_t pos[3];
+  tap_position<acc_t>(s, offset_n + (g * s.taps() + k) * s.nd * L, L, l, k, pos);
+  locate(s.t, s.h, s.w, pos[0], pos[1], pos[2], p);
+}
+
 // Column work item: offset group g, tap k, output position l (column ci of the chunk). The tap is
 // located once and applied to the channels [c_begin, c_end) of the group.
 
@@ -197,13 +225,11 @@ D3D_HD void im2col_tap(const DeformConv3dShape& s, const scalar_t* input_n, cons
                        int64_t k, int64_t l, int64_t c_begin, int64_t c_end, scalar_t* col, int64_t col_stride,
                        int64_t ci) {
   using acc_t = typename AccType<scalar_t>::type;
-  const int64_t K = s.taps(), L = s.out_spatial(), V = s.in_spatial();
-  acc_t pos[3];
-  tap_position<acc_t>(s, offset_n + (g * K + k) * s.nd * L, L, l, k, pos);
+  const int64_t K = s.taps(), V = s.in_spatial();
   Corners<acc_t, false> p;
-  locate(s.t, s.h, s.w, pos[0], pos[1], pos[2], p);
+  locate_tap(s, offset_n, g, k, l, p);
   for (int64_t c = c_begin; c < c_end; ++c) {
-    col[(c * K + k) * col_stride + ci] = from_acc<scalar_t>(p.inside ? gather(p, input_n + c * V) : acc_t(0));
+    col[(c * K + k) * col_stride + ci] = from_acc<scalar_t>(gather(p, input_n + c * V));
   }
 }
 
@@ -212,19 +238,13 @@ template <typename scalar_t, typename acc_t, typename Add>
 D3D_HD void col2im_tap(const DeformConv3dShape& s, const scalar_t* grad_col, int64_t col_stride, int64_t ci,
                        const scalar_t* offset_n, int64_t g, int64_t k, int64_t l, int64_t c_begin, int64_t c_end,
                        acc_t* grad_input_n, Add add) {
-  const int64_t K = s.taps(), L = s.out_spatial(), V = s.in_spatial();
-  acc_t pos[3];
-  tap_position<acc_t>(s, offset_n + (g * K + k) * s.nd * L, L, l, k, pos);
+  const int64_t K = s.taps(), V = s.in_spatial();
   Corners<acc_t, false> p;
-  locate(s.t, s.h, s.w, pos[0], pos[1], pos[2], p);
+  locate_tap(s, offset_n, g, k, l, p);
   if (!p.inside) return;
   for (int64_t c = c_begin; c < c_end; ++c) {
     const acc_t gv = to_acc<acc_t>(grad_col[(c * K + k) * col_stride + ci]);
-    if (gv == acc_t(0)) continue;
-    acc_t* vol = grad_input_n + c * V;
-    for (int n = 0; n < 8; ++n) {
-      if (p.w[n] != acc_t(0)) add(vol + p.idx[n], p.w[n] * gv);
-    }
+    if (gv != acc_t(0)) scatter(p, grad_input_n + c * V, gv, add);
   }
 }
 
@@ -237,22 +257,16 @@ D3D_HD void offset_grad_tap(const DeformConv3dShape& s, const scalar_t* grad_col
   using acc_t = typename AccType<scalar_t>::type;
   const int64_t K = s.taps(), L = s.out_spatial(), V = s.in_spatial();
   const int64_t cpg = s.c / s.offset_group;
-  acc_t pos[3];
-  tap_position<acc_t>(s, offset_n + (g * K + k) * s.nd * L, L, l, k, pos);
   Corners<acc_t, true> p;
-  locate(s.t, s.h, s.w, pos[0], pos[1], pos[2], p);
+  locate_tap(s, offset_n, g, k, l, p);
   acc_t sum[3] = {acc_t(0), acc_t(0), acc_t(0)};
   if (p.inside) {
     for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) {
       const acc_t gv = to_acc<acc_t>(grad_col[(c * K + k) * col_stride + ci]);
       if (gv == acc_t(0)) continue;
-      const scalar_t* vol = input_n + c * V;
-      for (int n = 0; n < 8; ++n) {
-        const acc_t v = gv * to_acc<acc_t>(vol[p.idx[n]]);
-        sum[0] += p.dw[0][n] * v;
-        sum[1] += p.dw[1][n] * v;
-        sum[2] += p.dw[2][n] * v;
-      }
+      acc_t d[3];
+      coord_grad(p, input_n + c * V, d);
+      for (int a = 0; a < 3; ++a) sum[a] += gv * d[a];
     }
   }
   scalar_t* rec = grad_offset_n + (g * K + k) * s.nd * L;

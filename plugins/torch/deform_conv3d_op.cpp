@@ -110,30 +110,22 @@ void offset_grad(const DeformConv3dShape& s, const at::Tensor& grad_col, const a
 
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-// CPU forward: channels-last input and a position-major column buffer, so the channel loop of the
-// interpolation vectorises and MKL takes the transposed operand directly.
-void forward_cpu(const DeformConv3dShape& s, const at::Tensor& x, const at::Tensor& off, const at::Tensor& weight,
-                 at::Tensor& out) {
-  const int64_t L = s.out_spatial(), G = s.group, cpg = s.c / G, K = s.taps();
-  // [O, C/G, K] -> [G, O/G, K*C/G] (tap-major within a row, matching colT)
-  const at::Tensor wp = weight.reshape({G, s.o / G, cpg, K}).transpose(2, 3).reshape({G, s.o / G, K * cpg});
-  const int64_t chunk = col_chunk(s, kMaxColElemsCpu);
-  at::Tensor col_buf = at::empty({s.col_rows() * chunk}, x.options());
+// The forward's chunk loop: for each batch item and chunk of output positions, column(n, l0, lc) fills
+// the im2col operand and returns it as [G, rows, lc] (any strides), which the grouped GEMM with
+// wmat [G, O/G, rows] turns into that chunk of the output.
+template <typename Column>
+void gemm_over_chunks(const DeformConv3dShape& s, const at::Tensor& wmat, int64_t chunk, at::Tensor& out,
+                      const Column& column) {
+  const int64_t L = s.out_spatial(), G = s.group;
   for (int64_t n = 0; n < s.n; ++n) {
-    const at::Tensor x_cl = x[n].permute({1, 2, 3, 0}).contiguous();
     at::Tensor out_n = out[n].view({G, s.o / G, L});
     for (int64_t l0 = 0; l0 < L; l0 += chunk) {
       const int64_t lc = std::min(chunk, L - l0);
-      at::Tensor colT = col_buf.narrow(0, 0, s.col_rows() * lc).view({lc, G, K * cpg});
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "d3d_im2col_cl_cpu", [&] {
-        cpu::im2col_channels_last(s, x_cl.const_data_ptr<scalar_t>(), off[n].const_data_ptr<scalar_t>(), l0, lc,
-                                  colT.mutable_data_ptr<scalar_t>(), AtenFor{16});
-      });
-      const at::Tensor rhs = colT.permute({1, 2, 0});  // [G, K*C/G, lc], strided view, no copy
+      const at::Tensor rhs = column(n, l0, lc);
       if (lc == L) {
-        at::matmul_out(out_n, wp, rhs);
+        at::matmul_out(out_n, wmat, rhs);
       } else {
-        out_n.narrow(2, l0, lc).copy_(at::matmul(wp, rhs));
+        out_n.narrow(2, l0, lc).copy_(at::matmul(wmat, rhs));
       }
     }
   }
@@ -148,26 +140,37 @@ at::Tensor deform_conv3d(const at::Tensor& input, const at::Tensor& offset, cons
   c10::DeviceGuard guard(input.device());
   const at::Tensor x = input.contiguous(), off = offset.contiguous();
   at::Tensor out = at::empty({s.n, s.o, s.out[0], s.out[1], s.out[2]}, x.options());
+  const int64_t G = s.group, cpg = s.c / G, K = s.taps(), rows = cpg * K;
   if (!x.is_cuda()) {
-    forward_cpu(s, x, off, weight, out);
+    // CPU: channels-last input and a position-major column buffer [lc, G, K*C/G], so the channel loop of
+    // the interpolation vectorises and MKL takes the transposed operand directly; the weight is
+    // permuted to the same tap-major order. Smaller chunks keep the buffer in cache.
+    const at::Tensor wp = weight.reshape({G, s.o / G, cpg, K}).transpose(2, 3).reshape({G, s.o / G, rows});
+    const int64_t chunk = col_chunk(s, kMaxColElemsCpu);
+    at::Tensor col_buf = at::empty({s.col_rows() * chunk}, x.options());
+    at::Tensor x_cl;
+    int64_t x_cl_n = -1;
+    gemm_over_chunks(s, wp, chunk, out, [&](int64_t n, int64_t l0, int64_t lc) {
+      if (x_cl_n != n) {  // one channels-last copy per batch item
+        x_cl = x[n].permute({1, 2, 3, 0}).contiguous();
+        x_cl_n = n;
+      }
+      at::Tensor colT = col_buf.narrow(0, 0, s.col_rows() * lc).view({lc, G, rows});
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "d3d_im2col_cl_cpu", [&] {
+        cpu::im2col_channels_last(s, x_cl.const_data_ptr<scalar_t>(), off[n].const_data_ptr<scalar_t>(), l0, lc,
+                                  colT.mutable_data_ptr<scalar_t>(), AtenFor{16});
+      });
+      return colT.permute({1, 2, 0});  // [G, K*C/G, lc], strided view, no copy
+    });
   } else {
-    const int64_t L = s.out_spatial(), G = s.group, rows = s.col_rows() / G;
-    const at::Tensor wg = weight.contiguous().view({G, s.o / G, rows});
     const int64_t chunk = col_chunk(s, kMaxColElems);
     at::Tensor col_buf = at::empty({s.col_rows() * chunk}, x.options());
-    for (int64_t n = 0; n < s.n; ++n) {
-      at::Tensor out_n = out[n].view({G, s.o / G, L});
-      for (int64_t l0 = 0; l0 < L; l0 += chunk) {
-        const int64_t lc = std::min(chunk, L - l0);
-        at::Tensor col = col_buf.narrow(0, 0, s.col_rows() * lc).view({G, rows, lc});
-        im2col(s, x[n], off[n], l0, lc, col);
-        if (lc == L) {
-          at::matmul_out(out_n, wg, col);
-        } else {
-          out_n.narrow(2, l0, lc).copy_(at::matmul(wg, col));
-        }
-      }
-    }
+    gemm_over_chunks(s, weight.contiguous().view({G, s.o / G, rows}), chunk, out,
+                     [&](int64_t n, int64_t l0, int64_t lc) {
+                       at::Tensor col = col_buf.narrow(0, 0, s.col_rows() * lc).view({G, rows, lc});
+                       im2col(s, x[n], off[n], l0, lc, col);
+                       return col;
+                     });
   }
   if (bias.has_value() && bias->defined()) out.add_(bias->view({1, s.o, 1, 1, 1}));
   return out;
