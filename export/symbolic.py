@@ -11,6 +11,7 @@ import torch
 
 from d3d.export.portable import deform_conv3d_portable
 from d3d.export.schema import DOMAIN, OP_TYPE, VERSION
+from d3d.ops import output_size
 
 PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = DOMAIN
@@ -43,10 +44,7 @@ def deform_conv3d_onnx(
         return deform_conv3d_portable(
             input, offset, weight, bias, stride, padding, dilation, groups, offset_groups, deform_dims
         )
-    out = [
-        (input.shape[2 + a] + 2 * padding[a] - dilation[a] * (weight.shape[2 + a] - 1) - 1) // stride[a] + 1
-        for a in range(3)
-    ]
+    out = output_size(tuple(input.shape[2:]), tuple(weight.shape[2:]), stride, padding, dilation)
     return torch.onnx.ops.symbolic(
         f"{DOMAIN}::{OP_TYPE}",
         [input, offset, weight, bias],

@@ -9,7 +9,6 @@ native PyTorch op, i.e. the CPU build of ``plugins/kernels``: no second implemen
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 
@@ -137,7 +136,3 @@ def available_providers() -> list[str]:
     import onnxruntime as ort
 
     return list(ort.get_available_providers())
-
-
-def default_threads() -> int:
-    return os.cpu_count() or 1

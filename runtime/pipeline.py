@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -131,6 +131,20 @@ def open_source(path: Path, start: int = 0, max_frames: int | None = None) -> Fr
     return VideoSource(path, start, max_frames)
 
 
+def read_window_y(frames: int, size: tuple[int, int], clip: str = "bikes", start: int = 0) -> np.ndarray:
+    """``[frames, h, w]`` float32 Y (seed's BT.601 in [0, 1]) of a centre crop of a sample clip."""
+    from d3d.samples import sample_clip
+
+    path = sample_clip(clip)
+    rgb = [f for _, f in VideoSource(path, start, frames).frames()]
+    x = torch.from_numpy(np.stack(rgb)).permute(0, 3, 1, 2).float() / 255
+    h, w = size
+    top, left = (x.shape[2] - h) // 2, (x.shape[3] - w) // 2
+    if top < 0 or left < 0:
+        raise D3DError(f"{path}: frames are {x.shape[3]}x{x.shape[2]}, smaller than the {w}x{h} crop")
+    return rgb_to_ycbcr(x[:, :, top : top + h, left : left + w])[:, 0].numpy().astype(np.float32)
+
+
 # --- Sinks ---------------------------------------------------------------------------------------
 
 
@@ -240,11 +254,11 @@ class Summary:
     frames: int = 0
     seconds: float = 0.0
     backend: str = ""
+    precision: str = ""
     weights: str = ""
     input_size: tuple[int, int] = (0, 0)
     output_size: tuple[int, int] = (0, 0)
     peak_rss_mb: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     @property
     def fps(self) -> float:
@@ -325,7 +339,7 @@ def upscale_stream(
 
 def run_upscale(source: FrameSource, runner: Runner, sink: FrameSink, opts: UpscaleOptions, progress=None) -> Summary:
     """Drives :func:`upscale_stream` into ``sink``; on any failure the sink is aborted (nothing left)."""
-    summary = Summary(backend=runner.describe())
+    summary = Summary(backend=runner.describe(), precision=runner.precision)
     start = time.perf_counter()
     try:
         for _, y_sr, frame in upscale_stream(source, runner, opts):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -77,21 +78,6 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {args.output}"
     )
     if args.summary_json:
-        args.summary_json.write_text(
-            json.dumps(
-                {
-                    "frames": summary.frames,
-                    "seconds": summary.seconds,
-                    "fps": summary.fps,
-                    "backend": summary.backend,
-                    "precision": runner.precision,
-                    "weights": weights,
-                    "input_size": summary.input_size,
-                    "output_size": summary.output_size,
-                    "peak_rss_mb": summary.peak_rss_mb,
-                    "output": str(args.output),
-                },
-                indent=1,
-            )
-        )
+        record = {**dataclasses.asdict(summary), "fps": summary.fps, "output": str(args.output)}
+        args.summary_json.write_text(json.dumps(record, indent=1))
     return 0
