@@ -75,7 +75,9 @@ def test_low_precision_io(native, gen, dtype, tol):
 @pytest.mark.parametrize("dims", ["HW", "THW"])
 def test_zero_offsets_equal_conv3d(native, gen, dims):
     x = torch.randn(2, 6, 5, 9, 8, generator=gen)
-    w = torch.randn(4, 3, 3, 3, 3, generator=gen)
+    # Weights at nn.Conv3d's scale (1/sqrt(fan_in)) keep outputs O(1), so atol 1e-5 measures the op and
+    # not float32 rounding of an 81-term sum of O(1) products (which reaches ~1e-5 on its own).
+    w = torch.randn(4, 3, 3, 3, 3, generator=gen) / 9.0
     b = torch.randn(4, generator=gen)
     kw = dict(stride=(1, 2, 1), padding=(1, 1, 2), dilation=(1, 1, 2), groups=2)
     out = output_size((5, 9, 8), (3, 3, 3), kw["stride"], kw["padding"], kw["dilation"])
