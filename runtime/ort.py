@@ -35,6 +35,32 @@ _DEFAULTS = {
 
 _lock = threading.Lock()
 _registered = False
+_fast_return = False
+
+
+class _BufferOut(np.ndarray):
+    """An output array that hands itself, not a Python list, back to onnxruntime-extensions.
+
+    Its invocation hook returns ``rv.flatten().tolist()`` to C++, whose pybind11 side also accepts
+    a NumPy buffer: for a 64x7x68x160 activation that is ~0.03 s instead of ~0.6 s per node (a
+    list of 4.9 M Python floats). Used only where :func:`_probe_fast_return` saw it work.
+    """
+
+    def tolist(self):  # type: ignore[override]
+        return self.view(np.ndarray)
+
+
+def _probe_fast_return(run_identity) -> bool:
+    """Whether this onnxruntime-extensions build takes a buffer back (checked once, on a tiny op)."""
+    global _fast_return
+    _fast_return = True
+    try:
+        x = np.arange(6, dtype=np.float32).reshape(2, 3)
+        ok = bool(np.array_equal(run_identity(x), x))
+    except Exception:
+        ok = False
+    _fast_return = ok
+    return ok
 
 
 def _register_pyop() -> None:
@@ -69,9 +95,37 @@ def _register_pyop() -> None:
                     int(a["offset_group"]),
                     a["deform_dims"],
                 )
-            return y.numpy()
+            return y.numpy().view(_BufferOut) if _fast_return else y.numpy()
 
+        @onnx_op(op_type=_PROBE_OP, inputs=[PyCustomOpDef.dt_float], outputs=[PyCustomOpDef.dt_float])
+        def _identity(x):
+            return x.view(_BufferOut) if _fast_return else x
+
+        _probe_fast_return(_run_probe)
         _registered = True
+
+
+_PROBE_OP = "D3dBufferReturnProbe"
+
+
+def _run_probe(x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    from onnxruntime_extensions import get_library_path
+
+    node = helper.make_node(_PROBE_OP, ["x"], ["y"], domain=ORT_DOMAIN)
+    graph = helper.make_graph(
+        [node],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ORT_DOMAIN, 1)])
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.register_custom_ops_library(get_library_path())
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
 
 
 def rewrite_for_ort(proto: onnx.ModelProto) -> onnx.ModelProto:
