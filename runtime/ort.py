@@ -50,6 +50,11 @@ class _BufferOut(np.ndarray):
         return self.view(np.ndarray)
 
 
+def _hand_back(out: np.ndarray) -> np.ndarray:
+    """A Python op's return value: the buffer form where the probe allowed it."""
+    return out.view(_BufferOut) if _fast_return else out
+
+
 def _probe_fast_return(run_identity) -> bool:
     """Whether this onnxruntime-extensions build takes a buffer back (checked once, on a tiny op)."""
     global _fast_return
@@ -95,11 +100,11 @@ def _register_pyop() -> None:
                     int(a["offset_group"]),
                     a["deform_dims"],
                 )
-            return y.numpy().view(_BufferOut) if _fast_return else y.numpy()
+            return _hand_back(y.numpy())
 
         @onnx_op(op_type=_PROBE_OP, inputs=[PyCustomOpDef.dt_float], outputs=[PyCustomOpDef.dt_float])
         def _identity(x):
-            return x.view(_BufferOut) if _fast_return else x
+            return _hand_back(x)
 
         _probe_fast_return(_run_probe)
         _registered = True
@@ -111,7 +116,6 @@ _PROBE_OP = "D3dBufferReturnProbe"
 def _run_probe(x: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
     from onnx import TensorProto, helper
-    from onnxruntime_extensions import get_library_path
 
     node = helper.make_node(_PROBE_OP, ["x"], ["y"], domain=ORT_DOMAIN)
     graph = helper.make_graph(
@@ -121,9 +125,8 @@ def _run_probe(x: np.ndarray) -> np.ndarray:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ORT_DOMAIN, 1)])
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    options.register_custom_ops_library(get_library_path())
+    options = _session_options(custom_ops=True)
+    options.log_severity_level = 4  # a refused buffer is an expected outcome here, not an error to print
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return session.run(None, {"x": x})[0]
 
@@ -170,20 +173,32 @@ def create_session(
     """An ``onnxruntime.InferenceSession`` for either flavour of a d3d model."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    if any(n.domain == DOMAIN for n in proto.graph.node):
-        from onnxruntime_extensions import get_library_path
-
+    custom_ops = any(n.domain == DOMAIN for n in proto.graph.node)
+    if custom_ops:
+        # Define the Python ops before the extensions library is registered on the options: the
+        # other order segfaulted here (onnxruntime-extensions 0.15.2).
         _register_pyop()
-        options.register_custom_ops_library(get_library_path())
         proto = rewrite_for_ort(proto)
+    options = _session_options(custom_ops, threads)
     try:
         return ort.InferenceSession(proto.SerializeToString(), options, providers=list(providers))
     except Exception as exc:
         raise D3DError(f"ONNX Runtime cannot load the model: {summary_line(exc)}") from None
+
+
+def _session_options(custom_ops: bool, threads: int | None = None):
+    """Quiet session options; with onnxruntime-extensions' op library where Python ops run."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    if custom_ops:
+        from onnxruntime_extensions import get_library_path
+
+        options.register_custom_ops_library(get_library_path())
+    return options
 
 
 def available_providers() -> list[str]:
