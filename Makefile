@@ -9,6 +9,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.d3d-installed
 BUILD ?= build
 JOBS ?= 2
+# SDK headers to build the TensorRT plugin and the ONNX Runtime op against (../shared in CI; point these
+# at your own SDK elsewhere). Empty where absent: CMake then skips that library and says so.
+SHARED ?= ../shared
+TRT_INCLUDE ?= $(abspath $(wildcard $(SHARED)/third_party/tensorrt-10.16/include))
+TRT11_INCLUDE ?= $(abspath $(wildcard $(SHARED)/third_party/tensorrt-11.1/include))
+ORT_INCLUDE ?= $(abspath $(wildcard $(SHARED)/third_party/onnxruntime-c-api-29/include))
+CMAKE_ARGS ?= $(if $(TRT_INCLUDE),-DD3D_TENSORRT_INCLUDE_DIR=$(TRT_INCLUDE)) $(if $(ORT_INCLUDE),-DD3D_ORT_INCLUDE_DIR=$(ORT_INCLUDE))
 # CPU build of torch: from the local wheel folder where one exists, else PyTorch's CPU index.
 TORCH_PIP_ARGS ?= $(if $(wildcard /opt/wheels/torch-2.13.0*),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu)
 
@@ -38,7 +45,7 @@ lint: $(STAMP)
 	$(BIN)/clang-format --dry-run --Werror $(CXX_SOURCES)
 
 cpp-test:
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS)
 	cmake --build $(BUILD) -j $(JOBS)
 	ctest --test-dir $(BUILD) --output-on-failure
 
