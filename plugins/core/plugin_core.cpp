@@ -160,8 +160,8 @@ bool equal(const TensorDims& t, std::initializer_list<int64_t> d) {
 
 }  // namespace
 
-std::string check_io(const DeformConv3dAttrs& a, const TensorDims* inputs, int32_t nb_inputs,
-                     const TensorDims* output, DeformConv3dShape* s) {
+std::string check_io(const DeformConv3dAttrs& a, const TensorDims* inputs, int32_t nb_inputs, const TensorDims* output,
+                     DeformConv3dShape* s) {
   if (inputs == nullptr || (nb_inputs != 3 && nb_inputs != 4)) {
     return "expects 3 or 4 inputs (X, offset, W[, B]), got " + std::to_string(nb_inputs);
   }
@@ -172,15 +172,16 @@ std::string check_io(const DeformConv3dAttrs& a, const TensorDims* inputs, int32
       return std::string(kNames[i]) + " must be " + std::to_string(want) + "-D, got rank " +
              std::to_string(inputs[i].rank);
     }
-    if (numel(inputs[i]) < 0) return std::string(kNames[i]) + " has invalid or too large dimensions " + dims_str(inputs[i]);
+    if (numel(inputs[i]) < 0)
+      return std::string(kNames[i]) + " has invalid or too large dimensions " + dims_str(inputs[i]);
   }
   const TensorDims &x = inputs[0], &off = inputs[1], &w = inputs[2];
   DeformConv3dShape r;
   std::string err = make_shape(a, x.d, w.d, off.d[1], &r);
   if (!err.empty()) return err;
   if (!equal(off, {r.n, r.offset_channels(), r.out[0], r.out[1], r.out[2]})) {
-    return "offset must have shape " + dims_str({r.n, r.offset_channels(), r.out[0], r.out[1], r.out[2]}) +
-           " for X " + dims_str(x) + " and W " + dims_str(w) + ", got " + dims_str(off);
+    return "offset must have shape " + dims_str({r.n, r.offset_channels(), r.out[0], r.out[1], r.out[2]}) + " for X " +
+           dims_str(x) + " and W " + dims_str(w) + ", got " + dims_str(off);
   }
   if (nb_inputs == 4 && !equal(inputs[3], {r.o})) {
     return "B must have shape [" + std::to_string(r.o) + "], got " + dims_str(inputs[3]);

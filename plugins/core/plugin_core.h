@@ -73,16 +73,15 @@ bool operator==(const TensorDims& a, const TensorDims& b);
 //   W [O, C/group, kT, kH, kW], optional B [O]; output (when not null) [N, O, T', H', W'];
 // 3 or 4 inputs, and element counts that the kernels' int64 index arithmetic cannot overflow.
 // Returns "" and fills *s, or the reason (naming the tensor and the expected shape).
-std::string check_io(const DeformConv3dAttrs& a, const TensorDims* inputs, int32_t nb_inputs,
-                     const TensorDims* output, DeformConv3dShape* s);
+std::string check_io(const DeformConv3dAttrs& a, const TensorDims* inputs, int32_t nb_inputs, const TensorDims* output,
+                     DeformConv3dShape* s);
 
 // The shape state of a plugin instance between onShapeChange calls: check_io runs once per shape change,
 // and enqueue only compares its descriptors with the validated ones (no allocation, cannot throw).
 class ShapeState {
  public:
   // Validates and remembers a configuration; on failure the state becomes invalid.
-  std::string update(const DeformConv3dAttrs& a, const TensorDims* inputs, int32_t nb_inputs,
-                     const TensorDims* output);
+  std::string update(const DeformConv3dAttrs& a, const TensorDims* inputs, int32_t nb_inputs, const TensorDims* output);
   bool valid() const noexcept { return valid_; }
   int32_t nb_inputs() const noexcept { return nb_inputs_; }
   const DeformConv3dShape& shape() const noexcept { return shape_; }

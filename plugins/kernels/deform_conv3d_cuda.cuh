@@ -70,14 +70,14 @@ template <typename scalar_t, typename acc_t>
 void col2im(const DeformConv3dShape& s, const scalar_t* grad_col, const scalar_t* offset_n, int64_t l0, int64_t lc,
             acc_t* grad_input_n, cudaStream_t stream) {
   col2im_kernel<<<to_dim3(launch::im2col_grid(s, lc)), kThreads, 0, stream>>>(s, grad_col, offset_n, l0, lc,
-                                                                                     grad_input_n);
+                                                                              grad_input_n);
 }
 
 template <typename scalar_t>
 void offset_grad(const DeformConv3dShape& s, const scalar_t* grad_col, const scalar_t* input_n,
                  const scalar_t* offset_n, int64_t l0, int64_t lc, scalar_t* grad_offset_n, cudaStream_t stream) {
-  offset_grad_kernel<<<to_dim3(launch::im2col_grid(s, lc)), kThreads, 0, stream>>>(
-      s, grad_col, input_n, offset_n, l0, lc, grad_offset_n);
+  offset_grad_kernel<<<to_dim3(launch::im2col_grid(s, lc)), kThreads, 0, stream>>>(s, grad_col, input_n, offset_n, l0,
+                                                                                   lc, grad_offset_n);
 }
 
 // Grouped GEMM with bias: y_n[o, l0 + l] = bias[o] + sum_r W[o, r] * col[g*rows + r, l], fp32 accumulate.

@@ -172,8 +172,7 @@ int32_t DeformConv3dPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc co
     for (const bool use_max : {false, true}) {
       if (!err.empty()) break;
       plugin::TensorDims dims[4];
-      collect(in, nbInputs, [&](const nvinfer1::DynamicPluginTensorDesc& d) { return use_max ? d.max : d.min; },
-              dims);
+      collect(in, nbInputs, [&](const nvinfer1::DynamicPluginTensorDesc& d) { return use_max ? d.max : d.min; }, dims);
       DeformConv3dShape s;
       err = plugin::check_io(attrs_, dims, nbInputs, nullptr, &s);
       if (!err.empty()) err = std::string(use_max ? "profile maximum: " : "profile minimum: ") + err;
@@ -255,7 +254,8 @@ size_t DeformConv3dPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc co
   try {
     plugin::DType t;
     plugin::TensorDims dims[4];
-    if (collect(inputs, nbInputs, [](const nvinfer1::DynamicPluginTensorDesc& d) { return d.max; }, dims) < 3 ||
+    if (collect(
+            inputs, nbInputs, [](const nvinfer1::DynamicPluginTensorDesc& d) { return d.max; }, dims) < 3 ||
         !to_core(inputs[0].desc.type, &t)) {
       log_error("getWorkspaceSize: invalid inputs");
       return 0;
@@ -278,7 +278,8 @@ int32_t DeformConv3dPlugin::onShapeChange(nvinfer1::PluginTensorDesc const* in, 
                                           nvinfer1::PluginTensorDesc const* out, int32_t nbOutputs) noexcept {
   try {
     plugin::TensorDims dims[4];
-    if (collect(in, nbInputs, [](const nvinfer1::PluginTensorDesc& d) { return d.dims; }, dims) < 3 ||
+    if (collect(
+            in, nbInputs, [](const nvinfer1::PluginTensorDesc& d) { return d.dims; }, dims) < 3 ||
         nbOutputs != 1 || out == nullptr) {
       state_ = plugin::ShapeState();
       log_error("onShapeChange: expects 3 or 4 inputs (X, offset, W[, B]) and 1 output");
@@ -373,10 +374,14 @@ nvinfer1::PluginFieldCollection const* DeformConv3dPlugin::getFieldsToSerialize(
 
 DeformConv3dPluginCreator::DeformConv3dPluginCreator() noexcept
     : field_list_{
-          {"strides", nullptr, PluginFieldType::kINT32, 3},       {"pads", nullptr, PluginFieldType::kINT32, 3},
-          {"dilations", nullptr, PluginFieldType::kINT32, 3},     {"group", nullptr, PluginFieldType::kINT32, 1},
-          {"offset_group", nullptr, PluginFieldType::kINT32, 1},  {"deform_dims", nullptr, PluginFieldType::kCHAR, 0},
-          {"plugin_version", nullptr, PluginFieldType::kCHAR, 0}, {"plugin_namespace", nullptr, PluginFieldType::kCHAR, 0},
+          {"strides", nullptr, PluginFieldType::kINT32, 3},
+          {"pads", nullptr, PluginFieldType::kINT32, 3},
+          {"dilations", nullptr, PluginFieldType::kINT32, 3},
+          {"group", nullptr, PluginFieldType::kINT32, 1},
+          {"offset_group", nullptr, PluginFieldType::kINT32, 1},
+          {"deform_dims", nullptr, PluginFieldType::kCHAR, 0},
+          {"plugin_version", nullptr, PluginFieldType::kCHAR, 0},
+          {"plugin_namespace", nullptr, PluginFieldType::kCHAR, 0},
       } {
   field_names_.nbFields = static_cast<int32_t>(sizeof(field_list_) / sizeof(field_list_[0]));
   field_names_.fields = field_list_;

@@ -1,10 +1,10 @@
 // Tests of the TensorRT-free plugin core, run by ctest (built with AddressSanitizer and UBSan where
 // the compiler supports them, so the fuzz loop also catches out-of-bounds reads).
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <initializer_list>
-#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -258,10 +258,10 @@ void test_launch_limits() {
   };
   const int64_t g20 = int64_t(1) << 20;
   const Case cases[] = {
-      {{1, g20, 1, 1, 1}, {g20, 1, 1, 1, 1}, g20},            // group = 2^20
-      {{1, g20, 1, 2, 2}, {2 * g20, 1, 1, 1, 1}, g20},        // 2^20 groups of 2 outputs
-      {{1, 1, 1, 4096, 4096}, {1, 1, 1, 1, 1}, 1},            // one column per pixel: many column tiles
-      {{1, 64, 7, 180, 320}, {64, 64, 3, 3, 3}, 1},           // D3Dnet's layer at 320x180
+      {{1, g20, 1, 1, 1}, {g20, 1, 1, 1, 1}, g20},             // group = 2^20
+      {{1, g20, 1, 2, 2}, {2 * g20, 1, 1, 1, 1}, g20},         // 2^20 groups of 2 outputs
+      {{1, 1, 1, 4096, 4096}, {1, 1, 1, 1, 1}, 1},             // one column per pixel: many column tiles
+      {{1, 64, 7, 180, 320}, {64, 64, 3, 3, 3}, 1},            // D3Dnet's layer at 320x180
       {{1, 16, 1, 8, 8}, {int64_t(1) << 21, 16, 1, 1, 1}, 1},  // 2^21 output channels in one group
   };
   for (const Case& c : cases) {
@@ -285,8 +285,8 @@ void test_launch_limits() {
       // blockIdx.y strides by gridDim.y over group * tiles pairs: covered whenever y >= 1.
       CHECK(s.group * d3d::launch::gemm_out_tiles(s) >= gg.y, "more GEMM blocks than pairs");
       const auto ig = d3d::launch::im2col_grid(s, lc);
-      CHECK(ig.x * d3d::launch::kThreads >= std::min<int64_t>(s.offset_group * s.taps() * lc,
-                                                               d3d::launch::kMaxBlocks1d * d3d::launch::kThreads),
+      CHECK(ig.x * d3d::launch::kThreads >=
+                std::min<int64_t>(s.offset_group * s.taps() * lc, d3d::launch::kMaxBlocks1d * d3d::launch::kThreads),
             "im2col grid too small");
     }
   }

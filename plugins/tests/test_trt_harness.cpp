@@ -253,7 +253,7 @@ void test_creator() {
   CHECK(std::strcmp(g_creator->getPluginNamespace(), "d3d") == 0, "namespace");
   const PluginFieldCollection* names = g_creator->getFieldNames();
   CHECK(names != nullptr && names->nbFields == 8, "field names");
-  const char* want[] = {"strides", "pads",        "dilations",      "group",
+  const char* want[] = {"strides",      "pads",        "dilations",      "group",
                         "offset_group", "deform_dims", "plugin_version", "plugin_namespace"};
   for (int i = 0; names != nullptr && i < names->nbFields && i < 8; ++i) {
     CHECK(std::strcmp(names->fields[i].name, want[i]) == 0, "field %d is %s", i, names->fields[i].name);
@@ -265,7 +265,8 @@ void test_capabilities_and_build_phase() {
   PluginPtr plugin = create(p.f.fields());
   CHECK(plugin != nullptr, "createPlugin from ONNX fields failed: %s", g_finder.logger.take().c_str());
   if (!plugin) return;
-  CHECK(std::strcmp(plugin->getInterfaceInfo().kind, "PLUGIN") == 0, "IPluginV3 kind %s", plugin->getInterfaceInfo().kind);
+  CHECK(std::strcmp(plugin->getInterfaceInfo().kind, "PLUGIN") == 0, "IPluginV3 kind %s",
+        plugin->getInterfaceInfo().kind);
   IPluginV3OneCore* c = core(plugin.get());
   IPluginV3OneBuild* b = build(plugin.get());
   IPluginV3OneRuntime* r = runtime(plugin.get());
@@ -336,8 +337,8 @@ void test_capabilities_and_build_phase() {
     for (TensorFormat fmt : {TensorFormat::kLINEAR, TensorFormat::kCHW32, TensorFormat::kHWC}) {
       std::vector<DynamicPluginTensorDesc> io = dyn(dims, dims, t);
       for (auto& d : io) d.desc.format = fmt;
-      const bool want = fmt == TensorFormat::kLINEAR &&
-                        (t == DataType::kFLOAT || t == DataType::kHALF || t == DataType::kBF16);
+      const bool want =
+          fmt == TensorFormat::kLINEAR && (t == DataType::kFLOAT || t == DataType::kHALF || t == DataType::kBF16);
       for (int pos = 0; pos < 5; ++pos) {
         CHECK(b->supportsFormatCombination(pos, io.data(), 4, 1) == want, "pos %d type %d format %d", pos, int(t),
               int(fmt));
@@ -427,9 +428,9 @@ void test_serialization_clone_runtime() {
     int64_t delta;
     const char* reason;
   };
-  const Bad bads[] = {{1, 0, 1, "offset"}, {1, 1, 3, "offset"}, {1, 2, 1, "offset"}, {1, 3, -1, "offset"},
-                      {1, 4, 2, "offset"}, {3, 0, 1, "B"},      {2, 1, 1, "weight"}, {0, 1, 1, "group"},
-                      {4, 3, 1, "Y"}};
+  const Bad bads[] = {{1, 0, 1, "offset"},  {1, 1, 3, "offset"}, {1, 2, 1, "offset"},
+                      {1, 3, -1, "offset"}, {1, 4, 2, "offset"}, {3, 0, 1, "B"},
+                      {2, 1, 1, "weight"},  {0, 1, 1, "group"},  {4, 3, 1, "Y"}};
   for (const Bad& bd : bads) {
     std::vector<PluginTensorDesc> i2 = in, o2 = out;
     (bd.tensor == 4 ? o2[0] : i2[bd.tensor]).dims.d[bd.dim] += bd.delta;
@@ -474,8 +475,8 @@ void test_bad_fields() {
     PluginPtr p = create(f.fields());
     CHECK(p == nullptr, "%s accepted", c.what);
     const std::string why = g_finder.logger.take();
-    CHECK(why.find(c.reason) != std::string::npos && why.find("layer0") != std::string::npos, "%s: reason '%s'",
-          c.what, why.c_str());
+    CHECK(why.find(c.reason) != std::string::npos && why.find("layer0") != std::string::npos, "%s: reason '%s'", c.what,
+          why.c_str());
   }
   OnnxFields f;
   std::vector<PluginField> fields = f.fields();

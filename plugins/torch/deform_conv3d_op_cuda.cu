@@ -37,11 +37,10 @@ void forward_cuda(const DeformConv3dShape& s, const at::Tensor& x, const at::Ten
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "d3d_forward_cuda", [&] {
     using k_t = typename KernelType<scalar_t>::type;
     const auto in = [](const at::Tensor& t) { return reinterpret_cast<const k_t*>(t.const_data_ptr<scalar_t>()); };
-    const cudaError_t err =
-        cuda::forward<k_t>(s, in(x), in(offset), in(weight), bias.defined() ? in(bias) : nullptr,
-                           reinterpret_cast<k_t*>(out.mutable_data_ptr<scalar_t>()),
-                           reinterpret_cast<k_t*>(workspace.mutable_data_ptr<scalar_t>()), max_col_elems,
-                           c10::cuda::getCurrentCUDAStream().stream());
+    const cudaError_t err = cuda::forward<k_t>(s, in(x), in(offset), in(weight), bias.defined() ? in(bias) : nullptr,
+                                               reinterpret_cast<k_t*>(out.mutable_data_ptr<scalar_t>()),
+                                               reinterpret_cast<k_t*>(workspace.mutable_data_ptr<scalar_t>()),
+                                               max_col_elems, c10::cuda::getCurrentCUDAStream().stream());
     TORCH_CHECK(err == cudaSuccess, "deform_conv3d: CUDA forward failed: ", cudaGetErrorString(err));
   });
 }
