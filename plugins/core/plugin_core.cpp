@@ -176,6 +176,10 @@ std::string check_io(const DeformConv3dAttrs& a, const TensorDims* inputs, int32
       return std::string(kNames[i]) + " has invalid or too large dimensions " + dims_str(inputs[i]);
   }
   const TensorDims &x = inputs[0], &off = inputs[1], &w = inputs[2];
+  // Bounded like the attributes, so that dilation * (kernel - 1) cannot overflow.
+  for (int i = 2; i < 5; ++i) {
+    if (w.d[i] > kMaxAttr) return "W's kernel extents must be <= 2^20, got " + dims_str(w);
+  }
   DeformConv3dShape r;
   std::string err = make_shape(a, x.d, w.d, off.d[1], &r);
   if (!err.empty()) return err;

@@ -227,6 +227,7 @@ void test_io_shapes() {
       {2, dims({6, 4, 3, 3}), "W must be 5-D"},
       {0, dims({2, 4, 5, 9, -1}), "invalid or too large"},
       {0, dims({1 << 30, 1 << 30, 1 << 30, 4, 4}), "too large"},
+      {2, dims({6, 4, 3, 3, (int64_t(1) << 20) + 1}), "kernel extents must be <= 2^20"},
       {0, dims({2, 3, 5, 9, 7}), "expected C/group = 3"},  // X and W disagree on C
   };
   for (const Bad& b : bads) {
