@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rtx-build",
         action="store_true",
         help="also build a TensorRT-RTX engine ahead of time (no GPU needed; a custom-op model loads the "
-        "DeformConv3d plugin library: --plugin, else the one d3d info reports)",
+        "DeformConv3d plugin library: --plugin, else $D3D_TRT_PLUGIN or build/tensorrt/)",
     )
     parser.add_argument("--report", type=Path, help="write the comparison as JSON")
     parser.add_argument("-v", "--verbose", action="store_true", help="show Polygraphy's own log")
