@@ -306,49 +306,54 @@ int32_t DeformConv3dPlugin::onShapeChange(nvinfer1::PluginTensorDesc const* in, 
 int32_t DeformConv3dPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
                                     nvinfer1::PluginTensorDesc const* outputDesc, void const* const* inputs,
                                     void* const* outputs, void* workspace, cudaStream_t stream) noexcept {
-  // No allocation on this path: the refusals are fixed strings.
-  if (!state_.valid()) {
-    log_error("enqueue: no valid shapes (onShapeChange failed or was not called)");
-    return -1;
-  }
-  const int32_t nb = state_.nb_inputs();
-  plugin::TensorDims dims[4];
-  if (inputDesc == nullptr || outputDesc == nullptr || inputs == nullptr || outputs == nullptr) {
-    log_error("enqueue: null descriptors or buffers");
-    return -1;
-  }
-  collect(inputDesc, nb, [](const nvinfer1::PluginTensorDesc& d) { return d.dims; }, dims);
-  const plugin::TensorDims y = to_core(outputDesc[0].dims);
-  if (!state_.matches(dims, nb, &y)) {
-    log_error("enqueue: tensor shapes differ from those validated by onShapeChange");
-    return -1;
-  }
-  plugin::DType t = plugin::DType::kFloat32;
-  bool same_type = to_core(inputDesc[0].type, &t) && outputDesc[0].type == inputDesc[0].type;
-  for (int32_t i = 1; i < nb; ++i) same_type = same_type && inputDesc[i].type == inputDesc[0].type;
-  if (!same_type) {
-    log_error("enqueue: inputs and output must all be fp32, fp16 or bf16, of one type");
-    return -1;
-  }
-  const DeformConv3dShape& s = state_.shape();
-  if (workspace == nullptr && plugin::workspace_bytes(s, t) > 0) {
-    log_error("enqueue: no workspace");
-    return -1;
-  }
-  for (int32_t i = 0; i < nb; ++i) {
-    if (inputs[i] == nullptr) {
-      log_error("enqueue: null input buffer");
+  try {
+    // No validation here (onShapeChange did it): comparisons only, no allocation unless refusing.
+    if (!state_.valid()) {
+      log_error("enqueue: no valid shapes (onShapeChange failed or was not called)");
       return -1;
     }
-  }
-  if (outputs[0] == nullptr) {
-    log_error("enqueue: null output buffer");
+    const int32_t nb = state_.nb_inputs();
+    plugin::TensorDims dims[4];
+    if (inputDesc == nullptr || outputDesc == nullptr || inputs == nullptr || outputs == nullptr) {
+      log_error("enqueue: null descriptors or buffers");
+      return -1;
+    }
+    collect(inputDesc, nb, [](const nvinfer1::PluginTensorDesc& d) { return d.dims; }, dims);
+    const plugin::TensorDims y = to_core(outputDesc[0].dims);
+    if (!state_.matches(dims, nb, &y)) {
+      log_error("enqueue: tensor shapes differ from those validated by onShapeChange");
+      return -1;
+    }
+    plugin::DType t = plugin::DType::kFloat32;
+    bool same_type = to_core(inputDesc[0].type, &t) && outputDesc[0].type == inputDesc[0].type;
+    for (int32_t i = 1; i < nb; ++i) same_type = same_type && inputDesc[i].type == inputDesc[0].type;
+    if (!same_type) {
+      log_error("enqueue: inputs and output must all be fp32, fp16 or bf16, of one type");
+      return -1;
+    }
+    const DeformConv3dShape& s = state_.shape();
+    if (workspace == nullptr && plugin::workspace_bytes(s, t) > 0) {
+      log_error("enqueue: no workspace");
+      return -1;
+    }
+    for (int32_t i = 0; i < nb; ++i) {
+      if (inputs[i] == nullptr) {
+        log_error("enqueue: null input buffer");
+        return -1;
+      }
+    }
+    if (outputs[0] == nullptr) {
+      log_error("enqueue: null output buffer");
+      return -1;
+    }
+    const void* bias = nb == 4 ? inputs[3] : nullptr;
+    const int32_t status = plugin::enqueue(s, t, inputs[0], inputs[1], inputs[2], bias, outputs[0], workspace, stream);
+    if (status != 0) log_error("enqueue: kernel launch failed (CUDA error)");
+    return status;
+  } catch (...) {  // nothing here is expected to throw; TensorRT must still get an error code
+    log_exception("enqueue");
     return -1;
   }
-  const void* bias = nb == 4 ? inputs[3] : nullptr;
-  const int32_t status = plugin::enqueue(s, t, inputs[0], inputs[1], inputs[2], bias, outputs[0], workspace, stream);
-  if (status != 0) log_error("enqueue: kernel launch failed (CUDA error)");
-  return status;
 }
 
 nvinfer1::IPluginV3* DeformConv3dPlugin::attachToContext(nvinfer1::IPluginResourceContext*) noexcept {
