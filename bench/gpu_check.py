@@ -80,9 +80,12 @@ def _run(cmd: list[str], log) -> int:
 
 
 def harness_gpu_line(ctest_log: str) -> str | None:
-    """The harness's line about enqueue on the GPU ('GPU: enqueue ...'), if it printed one."""
-    lines = [line.strip() for line in ctest_log.splitlines() if line.strip().startswith("GPU: enqueue")]
-    return lines[-1] if lines else None
+    """The harness's lines about enqueue on the GPU ('GPU: enqueue ...', one per I/O type), joined; None
+    if it printed none. ctest -V may print the release and the ASan run's: each distinct line once."""
+    lines = [
+        line.strip()[line.strip().index("GPU: enqueue") :] for line in ctest_log.splitlines() if "GPU: enqueue" in line
+    ]
+    return "; ".join(dict.fromkeys(lines)) if lines else None
 
 
 def cmake_build(build: Path, trt_include: Path | None, arch: str, log_path: Path) -> dict:

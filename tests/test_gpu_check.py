@@ -106,3 +106,11 @@ def test_harness_line_is_found(gc):
     log = "seed 1\nGPU: enqueue NOT run (no CUDA device: none)\n435 checks, 0 failed\n"
     assert gc.harness_gpu_line(log) == "GPU: enqueue NOT run (no CUDA device: none)"
     assert gc.harness_gpu_line("nothing") is None
+    # ctest -V prefixes lines with the test number; the release and ASan runs print the same lines.
+    log = (
+        "4: GPU: enqueue fp32 vs CPU fp64: max abs error 1e-07\n5: GPU: enqueue fp32 vs CPU fp64: max abs error 1e-07\n"
+    )
+    log += "5: GPU: enqueue fp16 vs CPU fp64: max abs error 1e-03\n"
+    assert gc.harness_gpu_line(log) == (
+        "GPU: enqueue fp32 vs CPU fp64: max abs error 1e-07; GPU: enqueue fp16 vs CPU fp64: max abs error 1e-03"
+    )

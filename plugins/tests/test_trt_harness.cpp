@@ -4,6 +4,8 @@
 // compares with the CPU build of the kernels (computed here in fp64).
 //   test_trt_harness <path to libd3d_trt_plugin.so>
 #include <NvInferRuntime.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
 
@@ -496,13 +498,34 @@ void test_bad_fields() {
   CHECK(create({}) != nullptr, "empty field set refused: %s", g_finder.logger.take().c_str());
 }
 
-// enqueue on device buffers against the CPU build of the kernels (fp64), where a CUDA device exists.
-void test_enqueue_on_gpu() {
+// Host-side element conversions for the device buffers (cuda_fp16.h / cuda_bf16.h work in host code).
+template <typename T>
+T to_elem(float v);
+template <>
+float to_elem<float>(float v) {
+  return v;
+}
+template <>
+__half to_elem<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__nv_bfloat16 to_elem<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+double to_double(float v) { return v; }
+double to_double(__half v) { return __half2float(v); }
+double to_double(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// enqueue on device buffers in one I/O type against the CPU build of the kernels in fp64 on the same
+// rounded inputs. Returns false where there is no CUDA device (nothing run).
+template <typename T>
+bool enqueue_on_gpu(DataType type, const char* type_name, double tolerance) {
   int count = 0;
   const cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess || count == 0) {
     std::printf("GPU: enqueue NOT run (no CUDA device: %s)\n", err != cudaSuccess ? cudaGetErrorString(err) : "none");
-    return;
+    return false;
   }
   Problem p;
   p.n = 2;
@@ -516,39 +539,41 @@ void test_enqueue_on_gpu() {
   p.f.deform_dims = "THW";
   PluginPtr plugin = create(p.f.fields(), TensorRTPhase::kRUNTIME);
   CHECK(plugin != nullptr, "createPlugin");
-  if (!plugin) return;
+  if (!plugin) return true;
   IPluginV3OneRuntime* rt = runtime(plugin.get());
   const std::vector<Dims> dims = p.inputs();
-  std::vector<std::vector<float>> host(4);
+  std::vector<std::vector<T>> host(4);
+  std::vector<std::vector<double>> h64(4);
   std::vector<void*> dev(4, nullptr);
   for (int i = 0; i < 4; ++i) {
     int64_t n = 1;
     for (int j = 0; j < dims[i].nbDims; ++j) n *= dims[i].d[j];
-    host[i].resize(n);
-    for (auto& v : host[i]) v = static_cast<float>(i == 1 ? uniform(-2.5, 2.5) : uniform(-1, 1));
-    cudaMalloc(&dev[i], n * sizeof(float));
-    cudaMemcpy(dev[i], host[i].data(), n * sizeof(float), cudaMemcpyHostToDevice);
+    for (int64_t j = 0; j < n; ++j) {
+      host[i].push_back(to_elem<T>(static_cast<float>(i == 1 ? uniform(-2.5, 2.5) : uniform(-1, 1))));
+      h64[i].push_back(to_double(host[i].back()));
+    }
+    CHECK(cudaMalloc(&dev[i], n * sizeof(T)) == cudaSuccess, "cudaMalloc");
+    cudaMemcpy(dev[i], host[i].data(), n * sizeof(T), cudaMemcpyHostToDevice);
   }
   const Dims yd = p.output();
   const int64_t ny = yd.d[0] * yd.d[1] * yd.d[2] * yd.d[3] * yd.d[4];
   void* y = nullptr;
-  cudaMalloc(&y, ny * sizeof(float));
-  std::vector<DynamicPluginTensorDesc> dd = dyn(dims, dims, DataType::kFLOAT);
-  std::vector<DynamicPluginTensorDesc> od = dyn({yd}, {yd}, DataType::kFLOAT);
+  cudaMalloc(&y, ny * sizeof(T));
+  std::vector<DynamicPluginTensorDesc> dd = dyn(dims, dims, type), od = dyn({yd}, {yd}, type);
   const size_t ws_bytes = build(plugin.get())->getWorkspaceSize(dd.data(), 4, od.data(), 1);
   void* ws = nullptr;
   cudaMalloc(&ws, ws_bytes);
-  std::vector<PluginTensorDesc> in = descs(dims, DataType::kFLOAT), out = descs({yd}, DataType::kFLOAT);
+  std::vector<PluginTensorDesc> in = descs(dims, type), out = descs({yd}, type);
   CHECK(rt->onShapeChange(in.data(), 4, out.data(), 1) == 0, "onShapeChange");
   const void* inputs[4] = {dev[0], dev[1], dev[2], dev[3]};
   void* outputs[1] = {y};
   cudaStream_t stream = nullptr;
   cudaStreamCreate(&stream);
-  CHECK(rt->enqueue(in.data(), out.data(), inputs, outputs, ws, stream) == 0, "enqueue: %s",
+  CHECK(rt->enqueue(in.data(), out.data(), inputs, outputs, ws, stream) == 0, "enqueue %s: %s", type_name,
         g_finder.logger.take().c_str());
-  std::vector<float> got(ny);
   CHECK(cudaStreamSynchronize(stream) == cudaSuccess, "kernel failed");
-  cudaMemcpy(got.data(), y, ny * sizeof(float), cudaMemcpyDeviceToHost);
+  std::vector<T> got(ny);
+  cudaMemcpy(got.data(), y, ny * sizeof(T), cudaMemcpyDeviceToHost);
   // Reference: the CPU build of the kernels in fp64.
   d3d::DeformConv3dAttrs a;
   for (int i = 0; i < 3; ++i) {
@@ -564,19 +589,29 @@ void test_enqueue_on_gpu() {
   std::copy(dims[2].d, dims[2].d + 5, wd);
   d3d::DeformConv3dShape s;
   CHECK(d3d::make_shape(a, xd, wd, dims[1].d[1], &s).empty(), "make_shape");
-  std::vector<std::vector<double>> h64(4);
-  for (int i = 0; i < 4; ++i) h64[i].assign(host[i].begin(), host[i].end());
   std::vector<double> want(ny), col(s.col_rows() * s.out_spatial());
   d3d::cpu::forward(s, h64[0].data(), h64[1].data(), h64[2].data(), h64[3].data(), want.data(), col.data(),
                     int64_t(col.size()));
-  double max_err = 0;
-  for (int64_t i = 0; i < ny; ++i) max_err = std::fmax(max_err, std::fabs(got[i] - want[i]));
-  std::printf("GPU: enqueue fp32 vs CPU fp64: max abs error %.3g over %lld outputs\n", max_err, (long long)ny);
-  CHECK(max_err < 1e-4, "GPU enqueue differs from the CPU op: %g", max_err);
+  double max_err = 0, scale = 0;
+  for (int64_t i = 0; i < ny; ++i) {
+    max_err = std::fmax(max_err, std::fabs(to_double(got[i]) - want[i]));
+    scale = std::fmax(scale, std::fabs(want[i]));
+  }
+  std::printf("GPU: enqueue %s vs CPU fp64: max abs error %.3g (normalised %.3g) over %lld outputs\n", type_name,
+              max_err, max_err / scale, (long long)ny);
+  CHECK(max_err <= tolerance * scale, "GPU enqueue (%s) differs from the CPU op: %g of %g", type_name, max_err, scale);
   for (void* ptr : dev) cudaFree(ptr);
   cudaFree(y);
   cudaFree(ws);
   cudaStreamDestroy(stream);
+  return true;
+}
+
+// Normalised tolerances as in bench/gpu_check.py: positions and sums are fp32 for every I/O type.
+void test_enqueue_on_gpu() {
+  if (!enqueue_on_gpu<float>(DataType::kFLOAT, "fp32", 1e-5)) return;
+  enqueue_on_gpu<__half>(DataType::kHALF, "fp16", 1e-2);
+  enqueue_on_gpu<__nv_bfloat16>(DataType::kBF16, "bf16", 5e-2);
 }
 
 }  // namespace
