@@ -19,7 +19,14 @@ CMAKE_ARGS ?= $(if $(TRT_INCLUDE),-DD3D_TENSORRT_INCLUDE_DIR=$(TRT_INCLUDE)) $(i
 # CPU build of torch: from the local wheel folder where one exists, else PyTorch's CPU index.
 TORCH_PIP_ARGS ?= $(if $(wildcard /opt/wheels/torch-2.13.0*),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu)
 
-.PHONY: setup demo test lint cpp-test py-test bench clean
+# CUDA headers for clang-tidy's parse of the TensorRT adapter (TensorRT's headers include cuda_runtime_api.h).
+CUDA_INCLUDE ?= $(firstword $(wildcard $(CUDA_HOME)/include /usr/local/cuda/include))
+# The compile-and-link check against TensorRT 11.1's headers gets its own build folder.
+BUILD_TRT11 ?= $(BUILD)-trt11
+# Only the adapter's own sources: every noexcept method must keep exceptions in (TensorRT calls them).
+TIDY_SOURCES = plugins/tensorrt/deform_conv3d_plugin.cpp plugins/core/plugin_core.cpp
+
+.PHONY: setup demo test lint cpp-test py-test bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,11 +50,31 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/clang-format --dry-run --Werror $(CXX_SOURCES)
+ifneq ($(and $(TRT_INCLUDE),$(CUDA_INCLUDE)),)
+	$(BIN)/clang-tidy --quiet --checks='-*,bugprone-exception-escape' --warnings-as-errors='*' $(TIDY_SOURCES) -- \
+	  -std=c++17 -xc++ -Iplugins/core -Iplugins/kernels -Iplugins/tensorrt -isystem $(TRT_INCLUDE) -isystem $(CUDA_INCLUDE)
+else
+	@echo "lint: clang-tidy of the TensorRT adapter skipped (needs TensorRT headers in $(SHARED)/third_party and CUDA's)"
+endif
 
+# The default build folder has the plugin against TensorRT 10.16 (the one d3d.native_libs finds and the tests
+# load); TensorRT 11.1 gets its own folder (one architecture): the plugin and the host harness compiled
+# against 11.1's headers, the library checks and the harness (not its ASan variant: 10.16 has that).
 cpp-test:
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS)
 	cmake --build $(BUILD) -j $(JOBS)
 	ctest --test-dir $(BUILD) --output-on-failure
+ifneq ($(TRT11_INCLUDE),)
+	@if command -v nvcc >/dev/null; then \
+	  set -ex; \
+	  cmake -S . -B $(BUILD_TRT11) -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=80-real \
+	    -DD3D_TENSORRT_INCLUDE_DIR=$(TRT11_INCLUDE); \
+	  cmake --build $(BUILD_TRT11) -j $(JOBS) --target d3d_trt_plugin test_trt_harness; \
+	  ctest --test-dir $(BUILD_TRT11) --output-on-failure -R '^(trt_plugin_library|trt_harness)$$'; \
+	else echo "cpp-test: TensorRT 11.1 plugin check skipped (no nvcc)"; fi
+else
+	@echo "cpp-test: TensorRT 11.1 plugin check skipped (no headers in $(SHARED)/third_party/tensorrt-11.1)"
+endif
 
 py-test: setup
 	$(BIN)/pytest -q
@@ -57,5 +84,14 @@ test: lint cpp-test py-test
 bench: setup
 	$(BIN)/python bench/bench_deform_conv3d.py
 
+# On a machine with an NVIDIA GPU and its own PyTorch (never the pinned CPU venv, never a download): builds
+# the CUDA op and the plugin, checks the CUDA op against the CPU op, runs the plugin harness's enqueue on the
+# GPU, benchmarks against cuDNN and the network per frame. GPU_PYTHON: the interpreter with CUDA PyTorch.
+GPU_PYTHON ?= python3
+GPU_CHECK_OUT ?= gpu-check
+gpu-check:
+	$(GPU_PYTHON) bench/gpu_check.py --out $(GPU_CHECK_OUT) --build $(BUILD)-gpu \
+	  $(if $(TRT_INCLUDE),--trt-include $(TRT_INCLUDE)) $(GPU_CHECK_ARGS)
+
 clean:
-	rm -rf $(BUILD) $(VENV)
+	rm -rf $(BUILD) $(BUILD_TRT11) $(BUILD)-gpu $(VENV)

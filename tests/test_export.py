@@ -206,7 +206,7 @@ def test_cli_export_from_checkpoint_and_errors(tmp_path, capsys):
     assert err.count("\n") == 0 and "does not match the model config" in err and "d3d_blocks 1 vs 2" in err
 
 
-def test_cli_verify_with_rtx_build(exported, tmp_path, capsys):
+def test_cli_verify_with_rtx_build(exported, tmp_path, capsys, monkeypatch):
     pytest.importorskip("tensorrt_rtx_bindings", reason="install the project's [rtx] extra")
     _, paths = exported
     report = tmp_path / "r.json"
@@ -217,9 +217,12 @@ def test_cli_verify_with_rtx_build(exported, tmp_path, capsys):
     assert rc == 0 and "PASSED" in out and "TensorRT-RTX: engine built ahead of time" in out
     data = json.loads(report.read_text())
     assert data["passed"] and data["runners"] == ["pytorch", "onnxruntime"] and "tensorrt" in data["skipped"]
-    # The custom-op model cannot be checked by TensorRT-RTX (no plugin support): a clear refusal.
+    # The custom-op model needs the plugin library (tests/test_rtx_plugin.py builds it): without one, a clear refusal.
+    import d3d.native_libs
+
+    monkeypatch.setattr(d3d.native_libs, "trt_plugin_library", lambda: None)
     assert cli(["verify", str(paths[False]), "--shapes", "24x24", "--no-real-frames", "--rtx-build"]) == 1
-    assert "checks portable models only" in capsys.readouterr().err
+    assert "need the plugin library libd3d_trt_plugin.so" in capsys.readouterr().err
 
 
 def _wants_a_list(x):

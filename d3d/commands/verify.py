@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rtx-build",
         action="store_true",
-        help="also build a TensorRT-RTX engine ahead of time (no GPU needed; portable models only)",
+        help="also build a TensorRT-RTX engine ahead of time (no GPU needed; a custom-op model loads the "
+        "DeformConv3d plugin library: --plugin, else $D3D_TRT_PLUGIN or build/tensorrt/)",
     )
     parser.add_argument("--report", type=Path, help="write the comparison as JSON")
     parser.add_argument("-v", "--verbose", action="store_true", help="show Polygraphy's own log")
@@ -77,13 +78,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _rtx_build(args: argparse.Namespace, proto) -> None:
-    from d3d.errors import D3DError
     from d3d.export import has_custom_nodes, model_config
-    from d3d.export.rtx import build_engine_rtx
+    from d3d.export.rtx import build_model_rtx
     from d3d.export.verify import profile_for
 
-    if has_custom_nodes(proto):
-        raise D3DError("--rtx-build checks portable models only: TensorRT-RTX cannot load the DeformConv3d plugin")
     lo, _, hi = profile_for(model_config(proto, str(args.model)), args.shapes, args.batch)
-    engine = build_engine_rtx(args.model, (lo, hi, hi))
-    print(f"TensorRT-RTX: engine built ahead of time for SM89 ({len(engine) / 1e6:.1f} MB), profile {lo} .. {hi}")
+    built = build_model_rtx(args.model, has_custom_nodes(proto), (lo, hi, hi), args.plugin)
+    plugins = f", {built.plugin_layers} DeformConv3d plugin layers" if built.plugin_layers else ""
+    print(
+        f"TensorRT-RTX: engine built ahead of time for SM89 ({len(built.engine) / 1e6:.1f} MB{plugins}), "
+        f"profile {lo} .. {hi}"
+    )

@@ -2,6 +2,7 @@
 #include "plugin_core.h"
 
 #include <cstring>
+#include <initializer_list>
 #include <set>
 
 namespace d3d {
@@ -114,6 +115,110 @@ SerializedFields::SerializedFields(const DeformConv3dAttrs& a) : dims_(a.deform_
 
 AxisExpr output_axis_expr(const DeformConv3dAttrs& a, int axis, int64_t kernel) {
   return {2 * a.pad[axis] - a.dil[axis] * (kernel - 1) - 1, a.stride[axis]};
+}
+
+bool operator==(const TensorDims& a, const TensorDims& b) {
+  if (a.rank != b.rank) return false;
+  for (int32_t i = 0; i < a.rank && i < kMaxRank; ++i) {
+    if (a.d[i] != b.d[i]) return false;
+  }
+  return true;
+}
+
+namespace {
+
+std::string dims_str(const TensorDims& t) {
+  std::string r = "[";
+  for (int32_t i = 0; i < t.rank && i < kMaxRank; ++i) r += (i ? ", " : "") + std::to_string(t.d[i]);
+  return r + "]";
+}
+
+std::string dims_str(std::initializer_list<int64_t> d) {
+  std::string r = "[";
+  for (const int64_t v : d) r += (r.size() > 1 ? ", " : "") + std::to_string(v);
+  return r + "]";
+}
+
+// Element count, or -1 when it would exceed 2^62 (the kernels index with int64).
+int64_t numel(const TensorDims& t) {
+  int64_t n = 1;
+  for (int32_t i = 0; i < t.rank; ++i) {
+    if (t.d[i] < 0 || (t.d[i] > 0 && n > (int64_t(1) << 62) / t.d[i])) return -1;
+    n *= t.d[i];
+  }
+  return n;
+}
+
+bool equal(const TensorDims& t, std::initializer_list<int64_t> d) {
+  if (t.rank != static_cast<int32_t>(d.size())) return false;
+  int32_t i = 0;
+  for (const int64_t v : d) {
+    if (t.d[i++] != v) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::string check_io(const DeformConv3dAttrs& a, const TensorDims* inputs, int32_t nb_inputs, const TensorDims* output,
+                     DeformConv3dShape* s) {
+  if (inputs == nullptr || (nb_inputs != 3 && nb_inputs != 4)) {
+    return "expects 3 or 4 inputs (X, offset, W[, B]), got " + std::to_string(nb_inputs);
+  }
+  static const char* kNames[4] = {"X", "offset", "W", "B"};
+  for (int32_t i = 0; i < nb_inputs; ++i) {
+    const int32_t want = i == 3 ? 1 : 5;
+    if (inputs[i].rank != want) {
+      return std::string(kNames[i]) + " must be " + std::to_string(want) + "-D, got rank " +
+             std::to_string(inputs[i].rank);
+    }
+    if (numel(inputs[i]) < 0)
+      return std::string(kNames[i]) + " has invalid or too large dimensions " + dims_str(inputs[i]);
+  }
+  const TensorDims &x = inputs[0], &off = inputs[1], &w = inputs[2];
+  // Bounded like the attributes, so that dilation * (kernel - 1) cannot overflow.
+  for (int i = 2; i < 5; ++i) {
+    if (w.d[i] > kMaxAttr) return "W's kernel extents must be <= 2^20, got " + dims_str(w);
+  }
+  DeformConv3dShape r;
+  std::string err = make_shape(a, x.d, w.d, off.d[1], &r);
+  if (!err.empty()) return err;
+  if (!equal(off, {r.n, r.offset_channels(), r.out[0], r.out[1], r.out[2]})) {
+    return "offset must have shape " + dims_str({r.n, r.offset_channels(), r.out[0], r.out[1], r.out[2]}) + " for X " +
+           dims_str(x) + " and W " + dims_str(w) + ", got " + dims_str(off);
+  }
+  if (nb_inputs == 4 && !equal(inputs[3], {r.o})) {
+    return "B must have shape [" + std::to_string(r.o) + "], got " + dims_str(inputs[3]);
+  }
+  if (output != nullptr && !equal(*output, {r.n, r.o, r.out[0], r.out[1], r.out[2]})) {
+    return "Y must have shape " + dims_str({r.n, r.o, r.out[0], r.out[1], r.out[2]}) + ", got " + dims_str(*output);
+  }
+  // The column buffer's element count (rows x chunk) must fit as well.
+  if (r.col_rows() > (int64_t(1) << 62) / col_chunk(r, kMaxColElems)) return "C * kT*kH*kW is too large";
+  *s = r;
+  return "";
+}
+
+std::string ShapeState::update(const DeformConv3dAttrs& a, const TensorDims* inputs, int32_t nb_inputs,
+                               const TensorDims* output) {
+  valid_ = false;
+  DeformConv3dShape s;
+  std::string err = check_io(a, inputs, nb_inputs, output, &s);
+  if (!err.empty()) return err;
+  for (int32_t i = 0; i < nb_inputs; ++i) inputs_[i] = inputs[i];
+  output_ = output != nullptr ? *output : TensorDims();
+  nb_inputs_ = nb_inputs;
+  shape_ = s;
+  valid_ = true;
+  return "";
+}
+
+bool ShapeState::matches(const TensorDims* inputs, int32_t nb_inputs, const TensorDims* output) const noexcept {
+  if (!valid_ || inputs == nullptr || nb_inputs != nb_inputs_) return false;
+  for (int32_t i = 0; i < nb_inputs; ++i) {
+    if (!(inputs[i] == inputs_[i])) return false;
+  }
+  return output == nullptr || output_.rank < 0 || *output == output_;
 }
 
 size_t element_size(DType t) { return t == DType::kFloat32 ? 4 : 2; }

@@ -60,6 +60,41 @@ struct AxisExpr {
 };
 AxisExpr output_axis_expr(const DeformConv3dAttrs& a, int axis, int64_t kernel);
 
+// Dimensions of one tensor as an adapter sees them (TensorRT's Dims holds at most 8).
+constexpr int32_t kMaxRank = 8;
+struct TensorDims {
+  int32_t rank = -1;
+  int64_t d[kMaxRank] = {};
+};
+bool operator==(const TensorDims& a, const TensorDims& b);
+
+// Full check of one concrete I/O configuration, the one the kernels rely on:
+//   X [N, C, T, H, W], offset [N, offset_group * kT*kH*kW * len(deform_dims), T', H', W'],
+//   W [O, C/group, kT, kH, kW], optional B [O]; output (when not null) [N, O, T', H', W'];
+// 3 or 4 inputs, and element counts that the kernels' int64 index arithmetic cannot overflow.
+// Returns "" and fills *s, or the reason (naming the tensor and the expected shape).
+std::string check_io(const DeformConv3dAttrs& a, const TensorDims* inputs, int32_t nb_inputs, const TensorDims* output,
+                     DeformConv3dShape* s);
+
+// The shape state of a plugin instance between onShapeChange calls: check_io runs once per shape change,
+// and enqueue only compares its descriptors with the validated ones (no allocation, cannot throw).
+class ShapeState {
+ public:
+  // Validates and remembers a configuration; on failure the state becomes invalid.
+  std::string update(const DeformConv3dAttrs& a, const TensorDims* inputs, int32_t nb_inputs, const TensorDims* output);
+  bool valid() const noexcept { return valid_; }
+  int32_t nb_inputs() const noexcept { return nb_inputs_; }
+  const DeformConv3dShape& shape() const noexcept { return shape_; }
+  // True when the state is valid and these are the dimensions it was validated for.
+  bool matches(const TensorDims* inputs, int32_t nb_inputs, const TensorDims* output) const noexcept;
+
+ private:
+  bool valid_ = false;
+  int32_t nb_inputs_ = 0;
+  TensorDims inputs_[4], output_;
+  DeformConv3dShape shape_;
+};
+
 // Element types the kernels are instantiated for.
 enum class DType { kFloat32, kFloat16, kBFloat16 };
 size_t element_size(DType t);

@@ -1,6 +1,7 @@
 // CUDA launchers over the shared DeformConv3d math (deform_conv3d_math.h). Used by the PyTorch CUDA op
-// and by the TensorRT plugin. Needs only the CUDA runtime: the GEMM is our own tiled kernel so the
-// plugin library depends on no cuBLAS/cuDNN.
+// (forward: cuda::forward, the same call as the plugin's; backward: im2col/col2im/offset_grad with
+// ATen's GEMM) and by the TensorRT plugin. Needs only the CUDA runtime: the GEMM is our own tiled kernel,
+// so the plugin library depends on no cuBLAS/cuDNN.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -9,16 +10,17 @@
 #include <cstdint>
 
 #include "deform_conv3d_attrs.h"
+#include "deform_conv3d_launch.h"
 #include "deform_conv3d_math.h"
 
 namespace d3d {
 namespace cuda {
 
-constexpr int kThreads = 256;
+using launch::kThreads;
+using launch::kTile;
 
-inline unsigned blocks_for(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(b, 1), 65535LL * 8));
+inline dim3 to_dim3(const launch::Grid& g) {
+  return dim3(static_cast<unsigned>(g.x), static_cast<unsigned>(g.y), static_cast<unsigned>(g.z));
 }
 
 // One thread per (offset group, tap, column): the tap is located once and applied to every channel of
@@ -61,28 +63,27 @@ __global__ void offset_grad_kernel(DeformConv3dShape s, const scalar_t* grad_col
 template <typename scalar_t>
 void im2col(const DeformConv3dShape& s, const scalar_t* input_n, const scalar_t* offset_n, int64_t l0, int64_t lc,
             scalar_t* col, cudaStream_t stream) {
-  im2col_kernel<<<blocks_for(s.offset_group * s.taps() * lc), kThreads, 0, stream>>>(s, input_n, offset_n, l0, lc, col);
+  im2col_kernel<<<to_dim3(launch::im2col_grid(s, lc)), kThreads, 0, stream>>>(s, input_n, offset_n, l0, lc, col);
 }
 
 template <typename scalar_t, typename acc_t>
 void col2im(const DeformConv3dShape& s, const scalar_t* grad_col, const scalar_t* offset_n, int64_t l0, int64_t lc,
             acc_t* grad_input_n, cudaStream_t stream) {
-  col2im_kernel<<<blocks_for(s.offset_group * s.taps() * lc), kThreads, 0, stream>>>(s, grad_col, offset_n, l0, lc,
-                                                                                     grad_input_n);
+  col2im_kernel<<<to_dim3(launch::im2col_grid(s, lc)), kThreads, 0, stream>>>(s, grad_col, offset_n, l0, lc,
+                                                                              grad_input_n);
 }
 
 template <typename scalar_t>
 void offset_grad(const DeformConv3dShape& s, const scalar_t* grad_col, const scalar_t* input_n,
                  const scalar_t* offset_n, int64_t l0, int64_t lc, scalar_t* grad_offset_n, cudaStream_t stream) {
-  offset_grad_kernel<<<blocks_for(s.offset_group * s.taps() * lc), kThreads, 0, stream>>>(
-      s, grad_col, input_n, offset_n, l0, lc, grad_offset_n);
+  offset_grad_kernel<<<to_dim3(launch::im2col_grid(s, lc)), kThreads, 0, stream>>>(s, grad_col, input_n, offset_n, l0,
+                                                                                   lc, grad_offset_n);
 }
 
 // Grouped GEMM with bias: y_n[o, l0 + l] = bias[o] + sum_r W[o, r] * col[g*rows + r, l], fp32 accumulate.
-// Shared-memory tiles of 16x16; one output element per thread. Simple and dependency-free; the fused
-// implicit-GEMM kernel that replaces it is tracked separately.
-constexpr int kTile = 16;
-
+// Shared-memory tiles of 16x16, one output element per thread. blockIdx.x picks a tile of columns;
+// blockIdx.y strides over the (group, output-channel tile) pairs, which can outnumber grid.y's 65535
+// (launch::gemm_grid). Simple and dependency-free: the plugin then needs only the CUDA runtime.
 template <typename scalar_t>
 __global__ void grouped_gemm_bias_kernel(DeformConv3dShape s, const scalar_t* weight, const scalar_t* bias,
                                          const scalar_t* col, int64_t lc, scalar_t* y_n, int64_t l0) {
@@ -90,24 +91,28 @@ __global__ void grouped_gemm_bias_kernel(DeformConv3dShape s, const scalar_t* we
   __shared__ acc_t ws[kTile][kTile + 1];
   __shared__ acc_t cs[kTile][kTile + 1];
   const int64_t opg = s.o / s.group, rows = (s.c / s.group) * s.taps();
-  const int64_t g = blockIdx.z;
-  const int64_t o_local = int64_t(blockIdx.y) * kTile + threadIdx.y;
+  const int64_t otiles = launch::gemm_out_tiles(s), pairs = s.group * otiles;
   const int64_t ci = int64_t(blockIdx.x) * kTile + threadIdx.x;
-  const int64_t o = g * opg + o_local;
-  acc_t acc = acc_t(0);
-  for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
-    const int64_t wr = r0 + threadIdx.x;  // weight tile: row o, column wr
-    ws[threadIdx.y][threadIdx.x] = (o_local < opg && wr < rows) ? to_acc<acc_t>(weight[o * rows + wr]) : acc_t(0);
-    const int64_t cr = r0 + threadIdx.y;  // col tile: row cr, column ci
-    cs[threadIdx.y][threadIdx.x] = (cr < rows && ci < lc) ? to_acc<acc_t>(col[(g * rows + cr) * lc + ci]) : acc_t(0);
-    __syncthreads();
+  // Uniform across the block (depends on blockIdx only), so the barriers inside are safe.
+  for (int64_t pair = blockIdx.y; pair < pairs; pair += gridDim.y) {
+    const int64_t g = pair / otiles;
+    const int64_t o_local = (pair % otiles) * kTile + threadIdx.y;
+    const int64_t o = g * opg + o_local;
+    acc_t acc = acc_t(0);
+    for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
+      const int64_t wr = r0 + threadIdx.x;  // weight tile: row o, column wr
+      ws[threadIdx.y][threadIdx.x] = (o_local < opg && wr < rows) ? to_acc<acc_t>(weight[o * rows + wr]) : acc_t(0);
+      const int64_t cr = r0 + threadIdx.y;  // col tile: row cr, column ci
+      cs[threadIdx.y][threadIdx.x] = (cr < rows && ci < lc) ? to_acc<acc_t>(col[(g * rows + cr) * lc + ci]) : acc_t(0);
+      __syncthreads();
 #pragma unroll
-    for (int r = 0; r < kTile; ++r) acc += ws[threadIdx.y][r] * cs[r][threadIdx.x];
-    __syncthreads();
-  }
-  if (o_local < opg && ci < lc) {
-    if (bias != nullptr) acc += to_acc<acc_t>(bias[o]);
-    y_n[o * s.out_spatial() + l0 + ci] = from_acc<scalar_t>(acc);
+      for (int r = 0; r < kTile; ++r) acc += ws[threadIdx.y][r] * cs[r][threadIdx.x];
+      __syncthreads();
+    }
+    if (o_local < opg && ci < lc) {
+      if (bias != nullptr) acc += to_acc<acc_t>(bias[o]);
+      y_n[o * s.out_spatial() + l0 + ci] = from_acc<scalar_t>(acc);
+    }
   }
 }
 
@@ -118,7 +123,6 @@ cudaError_t forward(const DeformConv3dShape& s, const scalar_t* x, const scalar_
                     const scalar_t* bias, scalar_t* y, scalar_t* workspace, int64_t max_col_elems,
                     cudaStream_t stream) {
   const int64_t L = s.out_spatial(), chunk = col_chunk(s, max_col_elems);
-  const int64_t opg = s.o / s.group;
   for (int64_t n = 0; n < s.n; ++n) {
     const scalar_t* x_n = x + n * s.c * s.in_spatial();
     const scalar_t* off_n = offset + n * s.offset_channels() * L;
@@ -126,9 +130,8 @@ cudaError_t forward(const DeformConv3dShape& s, const scalar_t* x, const scalar_
     for (int64_t l0 = 0; l0 < L; l0 += chunk) {
       const int64_t lc = std::min(chunk, L - l0);
       im2col(s, x_n, off_n, l0, lc, workspace, stream);
-      const dim3 grid(static_cast<unsigned>((lc + kTile - 1) / kTile), static_cast<unsigned>((opg + kTile - 1) / kTile),
-                      static_cast<unsigned>(s.group));
-      grouped_gemm_bias_kernel<<<grid, dim3(kTile, kTile), 0, stream>>>(s, weight, bias, workspace, lc, y_n, l0);
+      grouped_gemm_bias_kernel<<<to_dim3(launch::gemm_grid(s, lc)), dim3(kTile, kTile), 0, stream>>>(
+          s, weight, bias, workspace, lc, y_n, l0);
     }
   }
   return cudaGetLastError();

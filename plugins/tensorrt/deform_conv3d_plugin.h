@@ -1,8 +1,8 @@
 // TensorRT plugin DeformConv3d (version 1, namespace d3d): IPluginV3 with the V3One core, build and
 // runtime capabilities, and its IPluginCreatorV3One. A thin adapter: every decision that needs no
-// TensorRT type is made by plugins/core (parsing, validation, shapes, workspace, launch).
-//
-// NOT COMPILED in this project's CI (no TensorRT headers can be installed there); see docs/TENSORRT.md.
+// TensorRT type is made by plugins/core (parsing, validation, shapes, workspace, launch). Every method
+// TensorRT calls is noexcept and catches everything: a failure is logged and returned, never thrown.
+// Compiled in CI against TensorRT 10.16 and 11.1 headers; see plugins/tensorrt/README.md.
 #pragma once
 
 #include <NvInferRuntime.h>
@@ -59,8 +59,8 @@ class DeformConv3dPlugin : public nvinfer1::IPluginV3,
 
  private:
   DeformConv3dAttrs attrs_;
-  int32_t num_inputs_ = 4;  // 3 when the node has no bias; known from configurePlugin / onShapeChange
   std::string metadata_;
+  plugin::ShapeState state_;  // validated by onShapeChange, compared (only) by enqueue
   std::unique_ptr<plugin::SerializedFields> serialized_;
   std::vector<nvinfer1::PluginField> trt_fields_;
   nvinfer1::PluginFieldCollection collection_{};
@@ -68,7 +68,7 @@ class DeformConv3dPlugin : public nvinfer1::IPluginV3,
 
 class DeformConv3dPluginCreator : public nvinfer1::IPluginCreatorV3One {
  public:
-  DeformConv3dPluginCreator();
+  DeformConv3dPluginCreator() noexcept;
   char const* getPluginName() const noexcept override { return plugin::kName; }
   char const* getPluginVersion() const noexcept override { return plugin::kVersion; }
   char const* getPluginNamespace() const noexcept override { return plugin::kNamespace; }
@@ -77,7 +77,7 @@ class DeformConv3dPluginCreator : public nvinfer1::IPluginCreatorV3One {
                                     nvinfer1::TensorRTPhase phase) noexcept override;
 
  private:
-  std::vector<nvinfer1::PluginField> field_list_;
+  nvinfer1::PluginField field_list_[8];
   nvinfer1::PluginFieldCollection field_names_{};
 };
 

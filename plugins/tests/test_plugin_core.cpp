@@ -1,12 +1,15 @@
 // Tests of the TensorRT-free plugin core, run by ctest (built with AddressSanitizer and UBSan where
 // the compiler supports them, so the fuzz loop also catches out-of-bounds reads).
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
 #include "deform_conv3d_attrs.h"
+#include "deform_conv3d_launch.h"
 #include "plugin_core.h"
 #include "test_harness.h"
 
@@ -183,6 +186,113 @@ void test_fuzz() {
   CHECK(accepted > 50, "the fuzzer should also produce valid sets (got %d)", accepted);
 }
 
+d3d::plugin::TensorDims dims(std::initializer_list<int64_t> d) {
+  d3d::plugin::TensorDims t;
+  t.rank = static_cast<int32_t>(d.size());
+  int i = 0;
+  for (const int64_t v : d) t.d[i++] = v;
+  return t;
+}
+
+// check_io: every tensor's shape against X and W; ShapeState: validated once, compared after.
+void test_io_shapes() {
+  using d3d::plugin::TensorDims;
+  DeformConv3dAttrs a;
+  a.pad[1] = a.pad[2] = 1;
+  a.deform_dims = "HW";
+  a.offset_group = 2;
+  // X [2, 4, 5, 9, 7], W [6, 4, 3, 3, 3]: out (3, 9, 7), offset channels 2 * 27 * 2 = 108.
+  const TensorDims good[4] = {dims({2, 4, 5, 9, 7}), dims({2, 108, 3, 9, 7}), dims({6, 4, 3, 3, 3}), dims({6})};
+  const TensorDims y = dims({2, 6, 3, 9, 7});
+  d3d::DeformConv3dShape s;
+  std::string err = d3d::plugin::check_io(a, good, 4, &y, &s);
+  CHECK(err.empty(), "%s", err.c_str());
+  CHECK(s.out[0] == 3 && s.out[1] == 9 && s.out[2] == 7 && s.o == 6, "shape");
+  CHECK(d3d::plugin::check_io(a, good, 3, nullptr, &s).empty(), "no bias");
+  struct Bad {
+    int tensor;
+    TensorDims d;
+    const char* reason;
+  };
+  const Bad bads[] = {
+      {1, dims({1, 108, 3, 9, 7}), "offset must have shape [2, 108, 3, 9, 7]"},  // batch
+      {1, dims({2, 108, 2, 9, 7}), "offset must have shape"},                    // T'
+      {1, dims({2, 108, 3, 8, 7}), "offset must have shape"},                    // H'
+      {1, dims({2, 108, 3, 9, 8}), "offset must have shape"},                    // W'
+      {1, dims({2, 54, 3, 9, 7}), "offset has 54 channels"},                     // channels
+      {1, dims({2, 108, 3, 9}), "offset must be 5-D"},
+      {3, dims({5}), "B must have shape [6]"},
+      {3, dims({6, 1}), "B must be 1-D"},
+      {2, dims({6, 2, 3, 3, 3}), "weight has 2 input channels"},
+      {2, dims({6, 4, 3, 3}), "W must be 5-D"},
+      {0, dims({2, 4, 5, 9, -1}), "invalid or too large"},
+      {0, dims({1 << 30, 1 << 30, 1 << 30, 4, 4}), "too large"},
+      {2, dims({6, 4, 3, 3, (int64_t(1) << 20) + 1}), "kernel extents must be <= 2^20"},
+      {0, dims({2, 3, 5, 9, 7}), "expected C/group = 3"},  // X and W disagree on C
+  };
+  for (const Bad& b : bads) {
+    TensorDims in[4] = {good[0], good[1], good[2], good[3]};
+    in[b.tensor] = b.d;
+    err = d3d::plugin::check_io(a, in, 4, &y, &s);
+    CHECK(err.find(b.reason) != std::string::npos, "tensor %d: expected '%s', got '%s'", b.tensor, b.reason,
+          err.c_str());
+  }
+  CHECK(d3d::plugin::check_io(a, good, 2, nullptr, &s).find("3 or 4 inputs") != std::string::npos, "2 inputs");
+  const TensorDims bad_y = dims({2, 6, 3, 9, 6});
+  CHECK(d3d::plugin::check_io(a, good, 4, &bad_y, &s).find("Y must have shape") != std::string::npos, "Y");
+
+  d3d::plugin::ShapeState state;
+  CHECK(!state.valid() && !state.matches(good, 4, &y), "fresh state");
+  CHECK(state.update(a, good, 4, &y).empty() && state.valid() && state.matches(good, 4, &y), "update");
+  TensorDims other[4] = {good[0], good[1], good[2], good[3]};
+  other[0].d[3] = 10;
+  CHECK(!state.matches(other, 4, &y) && !state.matches(good, 3, &y), "matches other dims");
+  other[1] = dims({2, 108, 3, 9, 8});
+  CHECK(!state.update(a, other, 4, nullptr).empty() && !state.valid(), "a refused update invalidates");
+}
+
+// Launch geometry stays within CUDA's grid limits for extreme valid fields, and the GEMM's folded grid
+// still covers every (group, output tile) pair.
+void test_launch_limits() {
+  struct Case {
+    int64_t in[5], w[5], group;
+  };
+  const int64_t g20 = int64_t(1) << 20;
+  const Case cases[] = {
+      {{1, g20, 1, 1, 1}, {g20, 1, 1, 1, 1}, g20},             // group = 2^20
+      {{1, g20, 1, 2, 2}, {2 * g20, 1, 1, 1, 1}, g20},         // 2^20 groups of 2 outputs
+      {{1, 1, 1, 4096, 4096}, {1, 1, 1, 1, 1}, 1},             // one column per pixel: many column tiles
+      {{1, 64, 7, 180, 320}, {64, 64, 3, 3, 3}, 1},            // D3Dnet's layer at 320x180
+      {{1, 16, 1, 8, 8}, {int64_t(1) << 21, 16, 1, 1, 1}, 1},  // 2^21 output channels in one group
+  };
+  for (const Case& c : cases) {
+    DeformConv3dAttrs a;
+    a.group = c.group;
+    a.deform_dims = "HW";
+    d3d::DeformConv3dShape s;
+    const std::string err = d3d::make_shape(a, c.in, c.w, -1, &s);
+    CHECK(err.empty(), "%s", err.c_str());
+    if (!err.empty()) continue;
+    const int64_t L = s.out_spatial(), chunk = d3d::col_chunk(s, d3d::plugin::kMaxColElems);
+    for (const int64_t lc : {int64_t(1), chunk < L ? chunk : L}) {
+      for (const auto& g : {d3d::launch::im2col_grid(s, lc), d3d::launch::gemm_grid(s, lc)}) {
+        CHECK(g.x >= 1 && g.x <= d3d::launch::kMaxGridX && g.y >= 1 && g.y <= d3d::launch::kMaxGridYZ && g.z >= 1 &&
+                  g.z <= d3d::launch::kMaxGridYZ,
+              "grid %lld x %lld x %lld for group %lld", (long long)g.x, (long long)g.y, (long long)g.z,
+              (long long)s.group);
+      }
+      const auto gg = d3d::launch::gemm_grid(s, lc);
+      CHECK(gg.x * d3d::launch::kTile >= lc, "GEMM columns not covered");
+      // blockIdx.y strides by gridDim.y over group * tiles pairs: covered whenever y >= 1.
+      CHECK(s.group * d3d::launch::gemm_out_tiles(s) >= gg.y, "more GEMM blocks than pairs");
+      const auto ig = d3d::launch::im2col_grid(s, lc);
+      CHECK(ig.x * d3d::launch::kThreads >=
+                std::min<int64_t>(s.offset_group * s.taps() * lc, d3d::launch::kMaxBlocks1d * d3d::launch::kThreads),
+            "im2col grid too small");
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -191,5 +301,7 @@ int main() {
   test_serialization_round_trip();
   test_output_expr_and_workspace();
   test_fuzz();
+  test_io_shapes();
+  test_launch_limits();
   return d3d_test::report();
 }

@@ -163,14 +163,11 @@ at::Tensor deform_conv3d(const at::Tensor& input, const at::Tensor& offset, cons
       return colT.permute({1, 2, 0});  // [G, K*C/G, lc], strided view, no copy
     });
   } else {
-    const int64_t chunk = col_chunk(s, kMaxColElems);
-    at::Tensor col_buf = at::empty({s.col_rows() * chunk}, x.options());
-    gemm_over_chunks(s, weight.contiguous().view({G, s.o / G, rows}), chunk, out,
-                     [&](int64_t n, int64_t l0, int64_t lc) {
-                       at::Tensor col = col_buf.narrow(0, 0, s.col_rows() * lc).view({G, rows, lc});
-                       im2col(s, x[n], off[n], l0, lc, col);
-                       return col;
-                     });
+    // CUDA: the TensorRT plugin's forward (plugins/kernels cuda::forward, bias fused), so that checking
+    // this op on a GPU checks the plugin's kernels too.
+    const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+    forward_cuda(s, x, off, weight.contiguous(), b, kMaxColElems, out);
+    return out;
   }
   if (bias.has_value() && bias->defined()) out.add_(bias->view({1, s.o, 1, 1, 1}));
   return out;
@@ -239,6 +236,10 @@ TORCH_LIBRARY_IMPL(d3d, CUDA, m) {
 }
 #else
 // CPU-only build: the CUDA entry points are never reached (tensors are never CUDA), but must link.
+void forward_cuda(const DeformConv3dShape&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                  int64_t, const at::Tensor&) {
+  TORCH_CHECK(false, "deform_conv3d: this build of the d3d op has no CUDA support");
+}
 void im2col_cuda(const DeformConv3dShape&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, const at::Tensor&) {
   TORCH_CHECK(false, "deform_conv3d: this build of the d3d op has no CUDA support");
 }

@@ -4,12 +4,46 @@
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include "deform_conv3d_cuda.cuh"
 #include "deform_conv3d_op.h"
 
 namespace d3d {
 namespace torch_op {
+namespace {
+
+// The element types the TensorRT plugin instantiates the kernels for: c10::Half / c10::BFloat16 have
+// the same layout as CUDA's __half / __nv_bfloat16, so the forward runs the plugin's very instantiation.
+template <typename T>
+struct KernelType {
+  using type = T;
+};
+template <>
+struct KernelType<c10::Half> {
+  using type = __half;
+};
+template <>
+struct KernelType<c10::BFloat16> {
+  using type = __nv_bfloat16;
+};
+
+}  // namespace
+
+void forward_cuda(const DeformConv3dShape& s, const at::Tensor& x, const at::Tensor& offset, const at::Tensor& weight,
+                  const at::Tensor& bias, int64_t max_col_elems, const at::Tensor& out) {
+  const at::Tensor workspace = at::empty({s.col_rows() * col_chunk(s, max_col_elems)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "d3d_forward_cuda", [&] {
+    using k_t = typename KernelType<scalar_t>::type;
+    const auto in = [](const at::Tensor& t) { return reinterpret_cast<const k_t*>(t.const_data_ptr<scalar_t>()); };
+    const cudaError_t err = cuda::forward<k_t>(s, in(x), in(offset), in(weight), bias.defined() ? in(bias) : nullptr,
+                                               reinterpret_cast<k_t*>(out.mutable_data_ptr<scalar_t>()),
+                                               reinterpret_cast<k_t*>(workspace.mutable_data_ptr<scalar_t>()),
+                                               max_col_elems, c10::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(err == cudaSuccess, "deform_conv3d: CUDA forward failed: ", cudaGetErrorString(err));
+  });
+}
 
 void im2col_cuda(const DeformConv3dShape& s, const at::Tensor& input_n, const at::Tensor& offset_n, int64_t l0,
                  int64_t lc, const at::Tensor& col) {

@@ -1,0 +1,45 @@
+// Launch geometry of the CUDA kernels (deform_conv3d_cuda.cuh), in host-only C++ so that the limits can
+// be unit-tested where there is no GPU. Every grid dimension stays within CUDA's limits for any shape
+// make_shape accepts: the kernels loop (grid-stride) over whatever a capped grid does not cover.
+#pragma once
+
+#include <cstdint>
+
+#include "deform_conv3d_attrs.h"
+#include "deform_conv3d_shape.h"
+
+namespace d3d {
+namespace launch {
+
+constexpr int64_t kMaxGridX = 2147483647;  // 2^31 - 1
+constexpr int64_t kMaxGridYZ = 65535;
+constexpr int kThreads = 256;  // threads per block of the 1-D kernels
+constexpr int kTile = 16;      // the GEMM's square tile (threads per block: kTile x kTile)
+// Blocks of a 1-D grid-stride kernel: enough for one element per thread, capped (the kernels loop).
+constexpr int64_t kMaxBlocks1d = 65535LL * 8;
+
+struct Grid {
+  int64_t x = 1, y = 1, z = 1;
+};
+
+D3D_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Output-channel tiles per group of the GEMM (the kernel computes the same).
+D3D_HD int64_t gemm_out_tiles(const DeformConv3dShape& s) { return ceil_div(s.o / s.group, kTile); }
+
+// One thread per (offset group, tap, column) of an im2col chunk of lc columns.
+inline Grid im2col_grid(const DeformConv3dShape& s, int64_t lc) {
+  const int64_t b = ceil_div(s.offset_group * s.taps() * lc, kThreads);
+  return {b < 1 ? 1 : (b < kMaxBlocks1d ? b : kMaxBlocks1d), 1, 1};
+}
+
+// Grouped GEMM over a chunk of lc columns: x = column tiles, y = (group, output-channel tile) pairs. The
+// pairs are folded into at most 65535 blocks and the kernel strides over the rest: group alone can be
+// 2^20 (validate_attrs allows it), beyond the 65535 limit of grid.y and grid.z.
+inline Grid gemm_grid(const DeformConv3dShape& s, int64_t lc) {
+  const int64_t pairs = s.group * gemm_out_tiles(s);
+  return {ceil_div(lc, kTile), pairs < kMaxGridYZ ? pairs : kMaxGridYZ, 1};
+}
+
+}  // namespace launch
+}  // namespace d3d
