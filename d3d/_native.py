@@ -115,3 +115,14 @@ def load_native(verbose: bool = False) -> None:
                 f"for the compiler log (build folder {build_dir})"
             ) from exc
         _loaded = True
+
+
+def built_library() -> Path | None:
+    """The compiled PyTorch op library for the current sources, where it has been built (else None)."""
+    with_cuda = torch.cuda.is_available() and torch.version.cuda is not None
+    try:
+        name = f"d3d_ops_{_source_hash(with_cuda)}"
+    except OSError:
+        return None
+    path = cache_dir() / "torch_ext" / name / f"{name}.so"
+    return path if path.is_file() else None
