@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -144,5 +145,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def console_main() -> None:
+    """The ``d3d`` executable. After an interrupt, the outputs are already cleaned up when :func:`main`
+    returns; the process then ends without interpreter finalization, where freeing an ONNX Runtime
+    session whose run was stopped mid-graph can abort the process (observed with the
+    onnxruntime-extensions op bridge) and turn exit 130 into a crash."""
+    rc = main()
+    if rc in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    sys.exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

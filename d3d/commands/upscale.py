@@ -52,13 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from d3d.errors import D3DError
     from d3d.outputs import check_target, write_output
     from d3d.runtime.backends import choose_backend, create_runner
-    from d3d.runtime.estimate import estimate_run
-    from d3d.runtime.pipeline import UpscaleOptions, check_sink, open_sink, open_source, run_upscale
+    from d3d.runtime.pipeline import check_sink, open_source
     from d3d.samples import sample_clip
 
     # Everything named must exist, and no output may endanger anything, before any slow work.
@@ -90,30 +87,10 @@ def run(args: argparse.Namespace) -> int:
         lr = None
 
     runner = create_runner(backend, source_model, options)
-    print(f"input: {path} | backend: {runner.describe()} | model: {source_model.describe()}")
-    if lr is not None:
-        runner.check_frame_size(*lr)
-        if not args.no_estimate:
-            est = estimate_run(runner, lr, args.tile, args.tile_overlap)
-            avail = f"{est.available_mb:.0f} MB available" if est.available_mb is not None else "available unknown"
-            print(
-                f"estimate: {lr[1]}x{lr[0]} LR on {backend.name}: ~{est.seconds_per_frame:.2f} s/frame, "
-                f"peak memory ~{est.peak_mb:.0f} MB ({avail})"
-            )
-            if not est.fits():
-                tile = est.suggest_tile(args.tile_overlap)
-                hint = f"try --tile {tile}" if tile else "use a smaller --tile or --downscale"
-                raise D3DError(
-                    f"estimated peak memory {est.peak_mb:.0f} MB for {lr[1]}x{lr[0]} LR frames exceeds the "
-                    f"{est.available_mb:.0f} MB available: {hint}"
-                )
-    sink = open_sink(args.output, source.fps, y16=args.y_only, overwrite=args.overwrite, crf=args.crf, inputs=inputs)
-    opts = UpscaleOptions(args.tile, args.tile_overlap, args.downscale, args.y_only)
     try:
-        with tqdm(total=source.total, unit="frame", disable=args.quiet, dynamic_ncols=True, file=sys.stderr) as bar:
-            summary = run_upscale(source, runner, sink, opts, progress=bar)
+        summary = _run(args, path, source, source_model, backend.name, runner, lr, inputs)
     finally:
-        runner.close()
+        runner.close()  # release the backend's threads before any exit, interrupted or not
     summary.weights = source_model.describe()
     (iw, ih), (ow, oh) = summary.input_size, summary.output_size
     print(
@@ -125,3 +102,34 @@ def run(args: argparse.Namespace) -> int:
         record = {**dataclasses.asdict(summary), "fps": summary.fps, "output": str(args.output)}
         write_output(args.summary_json, json.dumps(record, indent=1), inputs=inputs, overwrite=args.overwrite)
     return 0
+
+
+def _run(args, path, source, source_model, backend_name: str, runner, lr, inputs):
+    """Estimate (and refuse what cannot fit), then stream the frames into the sink."""
+    from tqdm import tqdm
+
+    from d3d.errors import D3DError
+    from d3d.runtime.estimate import estimate_run
+    from d3d.runtime.pipeline import UpscaleOptions, open_sink, run_upscale
+
+    print(f"input: {path} | backend: {runner.describe()} | model: {source_model.describe()}")
+    if lr is not None:
+        runner.check_frame_size(*lr)
+        if not args.no_estimate:
+            est = estimate_run(runner, lr, args.tile, args.tile_overlap)
+            avail = f"{est.available_mb:.0f} MB available" if est.available_mb is not None else "available unknown"
+            print(
+                f"estimate: {lr[1]}x{lr[0]} LR on {backend_name}: ~{est.seconds_per_frame:.2f} s/frame, "
+                f"peak memory ~{est.peak_mb:.0f} MB ({avail})"
+            )
+            if not est.fits():
+                tile = est.suggest_tile(args.tile_overlap)
+                hint = f"try --tile {tile}" if tile else "use a smaller --tile or --downscale"
+                raise D3DError(
+                    f"estimated peak memory {est.peak_mb:.0f} MB for {lr[1]}x{lr[0]} LR frames exceeds the "
+                    f"{est.available_mb:.0f} MB available: {hint}"
+                )
+    sink = open_sink(args.output, source.fps, y16=args.y_only, overwrite=args.overwrite, crf=args.crf, inputs=inputs)
+    opts = UpscaleOptions(args.tile, args.tile_overlap, args.downscale, args.y_only)
+    with tqdm(total=source.total, unit="frame", disable=args.quiet, dynamic_ncols=True, file=sys.stderr) as bar:
+        return run_upscale(source, runner, sink, opts, progress=bar)

@@ -69,17 +69,30 @@ class OrtRunner(Runner):
                 result["error"] = exc
 
         worker = threading.Thread(target=work, name="d3d-onnxruntime-run", daemon=True)
-        worker.start()
         try:
+            worker.start()
             while worker.is_alive():
                 worker.join(WAIT_SLICE_S)
         except BaseException:
             run_options.terminate = True  # checked by ONNX Runtime between nodes
-            worker.join()
+            if worker.ident is not None:
+                worker.join()
+            # The worker's exception holds ONNX Runtime's frames (and so the session): drop it, so the
+            # session can be released before interpreter shutdown, where freeing it aborts.
+            result.clear()
             raise
         if "error" in result:
-            raise D3DError(f"ONNX Runtime failed: {summary_line(result['error'])}")  # type: ignore[arg-type]
+            why = summary_line(result.pop("error"))  # type: ignore[arg-type]
+            raise D3DError(f"ONNX Runtime failed: {why}")
         return result["y"]  # type: ignore[return-value]
+
+    def close(self) -> None:
+        import gc
+
+        super().close()
+        # Release the session (and its threads) now: freed during interpreter shutdown it can abort.
+        self._session = None
+        gc.collect()
 
     def describe(self) -> str:
         return f"{self.name} ({self.device}, {self.flavour}, {self.precision})"
