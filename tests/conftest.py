@@ -89,6 +89,4 @@ def snapshot(root) -> dict[str, bytes | None]:
     from pathlib import Path
 
     root = Path(root)
-    return {
-        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))
-    }
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}

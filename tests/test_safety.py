@@ -301,7 +301,9 @@ def test_info_json_reports_versions_backends_and_libraries(capsys, monkeypatch, 
     assert cli(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["d3d_trt"] == d3d.__version__
-    assert info["versions"]["torch"] == torch.__version__.split("+")[0] or info["versions"]["torch"] == torch.__version__
+    assert (
+        info["versions"]["torch"] == torch.__version__.split("+")[0] or info["versions"]["torch"] == torch.__version__
+    )
     assert "onnxruntime" in info["available_backends"] and "pytorch" in info["available_backends"]
     libs = info["native_libraries"]
     assert set(libs) == {"torch_op_library", "ort_ops_library", "trt_plugin_library"}
