@@ -79,7 +79,7 @@ def write_frames(folder, n: int = 8, size: tuple[int, int] = (32, 32), names=Non
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    for i, name in enumerate(names or [f"{k}.png" for k in range(1, n + 1)]):
+    for name in names or [f"{k}.png" for k in range(1, n + 1)]:
         write_png(folder / name, rng.integers(0, 255, (*size, 3), dtype=np.uint8))
     return folder
 

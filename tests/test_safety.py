@@ -237,8 +237,8 @@ def test_user_errors_are_one_line(work, tiny_onnx, capsys):
     msg = fails(["bench", "--random-init", "--iterations", "0"], capsys)
     assert "--iterations" in msg
     assert snapshot(work) == before
-    ta = _bad_checkpoint(work / "ta.pth.tar", **{"TA.weight": torch.zeros(4, 27, 1, 1)})
-    nan = _bad_checkpoint(work / "nan.pth.tar", **{"reconstruct.0.dcn1.bias": torch.tensor([0.0, float("nan"), 0, 0])})
+    _bad_checkpoint(work / "ta.pth.tar", **{"TA.weight": torch.zeros(4, 27, 1, 1)})
+    _bad_checkpoint(work / "nan.pth.tar", **{"reconstruct.0.dcn1.bias": torch.tensor([0.0, float("nan"), 0, 0])})
     before = snapshot(work)
     msg = fails(["upscale", "tiny8", "--checkpoint", "ta.pth.tar", "--backend", "pytorch", "-o", "o"], capsys)
     assert "TA.weight" in msg
@@ -276,7 +276,7 @@ def test_version_and_help_with_defaults(capsys):
     with pytest.raises(SystemExit):
         cli(["upscale", "--help"])
     assert "(default: auto)" in capsys.readouterr().out
-    parser, subs = build_parser()
+    _, subs = build_parser()
     import importlib
 
     for name, (module, _) in COMMANDS.items():

@@ -62,7 +62,9 @@ def test_interrupt_after_a_frame_was_written(tmp_path, slow_checkpoint, backend,
     _wait_for(lambda: any(tmp_path.glob(".out.*/frame_000000.png")), proc)
     rc, err, seconds = _interrupt(proc, sig)
     assert rc == 128 + sig, err
-    assert err.strip().splitlines() == [f"d3d: interrupted ({signal.Signals(sig).name}); partial outputs removed"]
+    # One line about the interrupt (a first run may log the ONNX export before it), no traceback/abort.
+    assert err.strip().splitlines()[-1] == f"d3d: interrupted ({signal.Signals(sig).name}); partial outputs removed"
+    assert "Traceback" not in err and "terminate called" not in err
     assert seconds < 2.0
     assert snapshot(tmp_path) == before  # no output, no temporary files
 
@@ -79,6 +81,7 @@ def test_interrupt_while_the_network_runs(tmp_path, slow_checkpoint, backend):
     time.sleep(0.2)
     rc, err, seconds = _interrupt(proc, signal.SIGINT)
     assert rc == 130, err
-    assert "terminate called" not in err and len(err.strip().splitlines()) == 1
+    assert "terminate called" not in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "d3d: interrupted (SIGINT); partial outputs removed"
     assert seconds < 2.0
     assert snapshot(tmp_path) == before
