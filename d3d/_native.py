@@ -86,6 +86,13 @@ def load_native(verbose: bool = False) -> None:
 
         name = f"d3d_ops_{_source_hash(with_cuda)}"
         build_dir = cache_dir() / "torch_ext" / name
+        built = build_dir / f"{name}.so"
+        if built.is_file():
+            # Built before for exactly these sources: load it without cpp_extension's build lock, which
+            # a process killed mid-check leaves behind and every later run would then wait on forever.
+            torch.ops.load_library(str(built))
+            _loaded = True
+            return
         cxx = os.environ.get("CXX", "c++")
         # An up-to-date build in the cache loads without a compiler.
         if not (build_dir / f"{name}.so").is_file() and shutil.which(cxx) is None:
@@ -115,3 +122,14 @@ def load_native(verbose: bool = False) -> None:
                 f"for the compiler log (build folder {build_dir})"
             ) from exc
         _loaded = True
+
+
+def built_library() -> Path | None:
+    """The compiled PyTorch op library for the current sources, where it has been built (else None)."""
+    with_cuda = torch.cuda.is_available() and torch.version.cuda is not None
+    try:
+        name = f"d3d_ops_{_source_hash(with_cuda)}"
+    except OSError:
+        return None
+    path = cache_dir() / "torch_ext" / name / f"{name}.so"
+    return path if path.is_file() else None

@@ -22,13 +22,18 @@ class AtomicFile:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # 0600 until commit; the suffix is kept so format-by-extension writers work.
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=self.path.suffix)
         os.close(fd)
         self.tmp = Path(tmp)
 
     def commit(self) -> None:
-        os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp creates 0600
-        os.replace(self.tmp, self.path)
+        try:
+            os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp creates 0600
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()  # e.g. the target is a folder: the temporary file must not stay behind
+            raise
 
     def abort(self) -> None:
         self.tmp.unlink(missing_ok=True)
@@ -59,11 +64,20 @@ class AtomicDir:
         import shutil
 
         os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
-        if self.path.is_dir():
-            shutil.rmtree(self.path)
-        elif self.path.exists():
-            self.path.unlink()
-        os.replace(self.tmp, self.path)
+        if not self.path.exists():
+            os.replace(self.tmp, self.path)
+            return
+        # Move the old output aside first, so the complete new one is in place before the old one goes.
+        old = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.old."))
+        aside = old / "previous"
+        os.replace(self.path, aside)
+        try:
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            os.replace(aside, self.path)
+            shutil.rmtree(old, ignore_errors=True)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
 
     def abort(self) -> None:
         import shutil

@@ -52,6 +52,10 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     # Checkpoints saved from nn.DataParallel prefix every key with "module.".
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
+    for name, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{p}: tensor {name} holds {bad} NaN/Inf values: refusing to run these weights")
     return state, meta
 
 
@@ -61,8 +65,14 @@ def infer_config(state: dict[str, torch.Tensor], source: str = "state dict") -> 
     missing = [k for k in required if k not in state]
     if missing:
         raise CheckpointError(f"{source}: not a D3Dnet state dict (missing keys: {', '.join(missing)})")
+    if state["input.0.weight"].dim() != 5 or state["TA.weight"].dim() != 4:
+        raise CheckpointError(f"{source}: input.0.weight must be 5-D and TA.weight 4-D (not a D3Dnet state dict)")
     nf, in_channels = state["input.0.weight"].shape[:2]
     frames = state["TA.weight"].shape[1] // nf
+    if frames < 1 or state["TA.weight"].shape[1] != frames * nf or state["TA.weight"].shape[0] != nf:
+        raise CheckpointError(
+            f"{source}: TA.weight has shape {list(state['TA.weight'].shape)}, expected [nf, frames*nf] with nf = {nf}"
+        )
     scale = math.isqrt(state["upscale.0.weight"].shape[0] // nf)
     if scale * scale * nf != state["upscale.0.weight"].shape[0]:
         raise CheckpointError(

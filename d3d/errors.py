@@ -14,3 +14,20 @@ def summary_line(exc: BaseException, last: bool = False) -> str:
     if not lines:
         return type(exc).__name__
     return lines[-1] if last else lines[0]
+
+
+class SDKMissing(D3DError):
+    """An optional SDK (TensorRT, TensorRT-RTX, ...) is not installed: exit code 2, as the README says."""
+
+    exit_code = 2
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: unwinds like KeyboardInterrupt (outputs are aborted on the way out)
+    and the CLI exits with 128 + the signal number."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)

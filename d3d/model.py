@@ -8,7 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from d3d.errors import D3DError
 from d3d.modules import DeformConv3dPack
+
+
+class ModelConfigError(D3DError, ValueError):
+    """Invalid architecture sizes (one line for the user)."""
 
 
 @dataclass(frozen=True)
@@ -68,11 +73,16 @@ class D3Dnet(nn.Module):
         res_blocks: int = 6,
     ) -> None:
         super().__init__()
-        if in_channels != out_channels:
-            raise ValueError("D3Dnet adds the upscaled centre frame to its output: in_channels must equal out_channels")
         for name, value in (("scale", scale), ("in_channels", in_channels), ("frames", frames), ("nf", nf)):
             if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+                raise ModelConfigError(f"D3Dnet: {name} must be >= 1, got {value}")
+        for name, value in (("d3d_blocks", d3d_blocks), ("res_blocks", res_blocks)):
+            if value < 0:
+                raise ModelConfigError(f"D3Dnet: {name} must be >= 0, got {value}")
+        if in_channels != out_channels:
+            raise ModelConfigError(
+                "D3Dnet adds the upscaled centre frame to its output: in_channels must equal out_channels"
+            )
         self.config = D3DnetConfig(scale, in_channels, out_channels, frames, nf, d3d_blocks, res_blocks)
         self.input = nn.Sequential(
             nn.Conv3d(in_channels, nf, kernel_size=3, stride=1, padding=1, bias=False),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -27,6 +28,14 @@ __all__ = [
 _lock = threading.Lock()
 _registered = False
 _fallback_reason: str | None = None
+# How the op appears in an ONNX export; set by d3d.export (a higher layer) when it is imported.
+_onnx_lowering: Callable[..., torch.Tensor] | None = None
+
+
+def register_onnx_lowering(fn: Callable[..., torch.Tensor]) -> None:
+    """Installs the function that emits DeformConv3d during ``torch.onnx.export`` (see d3d.export)."""
+    global _onnx_lowering
+    _onnx_lowering = fn
 
 
 def output_size(
@@ -135,9 +144,9 @@ def deform_conv3d(
     """
     st, pd, dl = triple(stride, "stride"), triple(padding, "padding"), triple(dilation, "dilation")
     if torch.onnx.is_in_onnx_export():
-        from d3d.export.symbolic import deform_conv3d_onnx
-
-        return deform_conv3d_onnx(input, offset, weight, bias, st, pd, dl, groups, offset_groups, deform_dims)
+        if _onnx_lowering is None:
+            raise RuntimeError("DeformConv3d in an ONNX export needs d3d.export imported (use d3d.export.export_onnx)")
+        return _onnx_lowering(input, offset, weight, bias, st, pd, dl, groups, offset_groups, deform_dims)
     if not native_available():
         return deform_conv3d_reference(input, offset, weight, bias, st, pd, dl, groups, offset_groups, deform_dims)
     return torch.ops.d3d.deform_conv3d(

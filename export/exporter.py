@@ -18,6 +18,7 @@ from d3d.atomic import atomic_write
 from d3d.errors import D3DError, summary_line
 from d3d.export.schema import DOMAIN, register_schema
 from d3d.export.symbolic import export_flavour
+from d3d.export.validate import check_custom_nodes
 from d3d.model import D3Dnet
 
 MIN_OPSET = 18
@@ -155,6 +156,7 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         onnx.checker.check_model(proto)
     except Exception as exc:
         raise D3DError(f"{p}: not a valid ONNX model ({summary_line(exc)})") from None
+    check_custom_nodes(proto, str(p))
     return proto
 
 
@@ -167,7 +169,14 @@ def model_config(proto: onnx.ModelProto, source: str = "model") -> dict[str, int
     props = {p.key: p.value for p in proto.metadata_props}
     if META_CONFIG not in props:
         raise D3DError(f"{source}: no {META_CONFIG} metadata: not exported by d3d-trt (pass --checkpoint)")
-    return json.loads(props[META_CONFIG])
+    try:
+        config = json.loads(props[META_CONFIG])
+        bad = [k for k, v in config.items() if not isinstance(v, int) or v < 1]
+    except (ValueError, AttributeError):
+        config, bad = {}, ["(unreadable)"]
+    if bad:
+        raise D3DError(f"{source}: {META_CONFIG} metadata has invalid sizes: {', '.join(bad)} (each must be >= 1)")
+    return config
 
 
 def has_custom_nodes(proto: onnx.ModelProto) -> bool:

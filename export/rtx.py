@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from d3d.errors import D3DError
+from d3d._native import cache_dir
+from d3d.errors import D3DError, SDKMissing
 
 _WORKER = Path(__file__).resolve().parent / "_rtx_worker.py"
 _LIB = "libtensorrt_rtx.so"
@@ -44,15 +45,8 @@ def _rtx_lib_dir() -> Path:
     """The folder of the TensorRT-RTX wheel's shared libraries."""
     spec = importlib.util.find_spec("tensorrt_rtx_libs")
     if spec is None or not spec.submodule_search_locations:
-        raise D3DError("TensorRT-RTX is not installed: pip install 'd3d-trt[rtx]' (tensorrt-rtx-cu12-libs/-bindings)")
+        raise SDKMissing("TensorRT-RTX is not installed: pip install 'd3d-trt[rtx]' (tensorrt-rtx-cu12-libs/-bindings)")
     return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("D3D_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "d3d-trt"
-    )
-    return Path(base)
 
 
 def unversioned_lib_dir() -> Path:
@@ -61,7 +55,7 @@ def unversioned_lib_dir() -> Path:
     target = _rtx_lib_dir() / f"{_LIB}.1"
     if not target.is_file():
         raise D3DError(f"TensorRT-RTX's {target.name} is missing from {target.parent}")
-    folder = _cache_dir() / "tensorrt_rtx_lib"
+    folder = cache_dir() / "tensorrt_rtx_lib"
     link = folder / _LIB
     if link.is_symlink() and Path(os.readlink(link)) == target:
         return folder

@@ -1,5 +1,8 @@
 """How DeformConv3d appears in an exported graph: a ``d3d::DeformConv3d`` node, or (portable
-flavour) standard ops only. Selected by :func:`export_flavour` during ``torch.onnx.export``."""
+flavour) standard ops only. Selected by :func:`export_flavour` during ``torch.onnx.export``.
+
+Importing this module registers :func:`deform_conv3d_onnx` with :mod:`d3d.ops` (which sits below
+export and so cannot import it)."""
 
 from __future__ import annotations
 
@@ -9,12 +12,11 @@ from collections.abc import Iterator
 
 import torch
 
+from d3d import ops
 from d3d.export.portable import deform_conv3d_portable
 from d3d.export.schema import DOMAIN, OP_TYPE, VERSION
+from d3d.export.validate import PLUGIN_NAMESPACE, PLUGIN_VERSION
 from d3d.ops import output_size
-
-PLUGIN_VERSION = "1"
-PLUGIN_NAMESPACE = DOMAIN
 
 _portable = contextvars.ContextVar("d3d_export_portable", default=False)
 
@@ -62,3 +64,6 @@ def deform_conv3d_onnx(
         shape=[input.shape[0], weight.shape[0], *out],
         version=VERSION,
     )
+
+
+ops.register_onnx_lowering(deform_conv3d_onnx)

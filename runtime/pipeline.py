@@ -7,6 +7,7 @@ bounded by the window, not by the video's length.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ import torch.nn.functional as F
 from d3d.atomic import AtomicDir, AtomicFile
 from d3d.color import rgb_to_ycbcr, ycbcr_to_rgb
 from d3d.errors import D3DError
-from d3d.runtime.runners import Runner, peak_rss_mb
+from d3d.outputs import check_target, write_manifest
+from d3d.runtime.backends.base import Runner, peak_rss_mb
 
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v"}
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -35,6 +37,9 @@ class FrameSource:
     path: Path
     fps: Fraction = Fraction(25)
     total: int | None = None
+    size: tuple[int, int] | None = None  # (height, width) of the frames, known before decoding
+    first_name: str = ""  # what the summary names: first and last file (or frame) read
+    last_name: str = ""
 
     def frames(self) -> Iterator[tuple[int, np.ndarray]]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -52,11 +57,14 @@ class VideoSource(FrameSource):
                 s = c.streams.video[0]
                 self.fps = Fraction(s.average_rate) if s.average_rate else Fraction(25)
                 self.declared = s.frames or None
+                if s.codec_context.height and s.codec_context.width:
+                    self.size = (s.codec_context.height, s.codec_context.width)
         except av.error.FFmpegError as exc:
             raise D3DError(f"{path}: cannot open video ({exc})") from None
         if self.declared is not None:
             n = max(0, self.declared - start)
             self.total = min(n, max_frames) if max_frames is not None else n
+        self.first_name = f"{path.name} frame {start}"
 
     def frames(self) -> Iterator[tuple[int, np.ndarray]]:
         import av
@@ -78,6 +86,7 @@ class VideoSource(FrameSource):
                             f"the first was {size[1]}x{size[0]}"
                         )
                     count += 1
+                    self.last_name = f"{self.path.name} frame {index}"
                     yield index, frame.to_ndarray(format="rgb24")
         except av.error.FFmpegError as exc:
             raise D3DError(f"{self.path}: frame {index + 1}: cannot decode ({exc})") from None
@@ -95,7 +104,7 @@ class FolderSource(FrameSource):
     def __init__(self, path: Path, start: int = 0, max_frames: int | None = None) -> None:
         self.path = path
         try:
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS), key=natural_key)
         except OSError as exc:
             raise D3DError(f"{path}: cannot read the frame folder ({exc.strerror})") from None
         if not files:
@@ -103,6 +112,10 @@ class FolderSource(FrameSource):
         files = files[start:]
         self.files = files[:max_frames] if max_frames is not None else files
         self.total = len(self.files)
+        if not self.files:
+            raise D3DError(f"{path}: --start {start} is past the last of its {len(files) + start} frames")
+        self.first_name, self.last_name = self.files[0].name, self.files[-1].name
+        self.size = _image_size(self.files[0])
 
     def frames(self) -> Iterator[tuple[int, np.ndarray]]:
         import av
@@ -121,6 +134,22 @@ class FolderSource(FrameSource):
                     f"{f}: frame {index} is {rgb.shape[1]}x{rgb.shape[0]}, the first frame is {size[1]}x{size[0]}"
                 )
             yield index, rgb
+
+
+def natural_key(path: Path) -> list:
+    """Sort key reading digit runs as numbers: ``2.png`` before ``10.png``."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            s = c.streams.video[0].codec_context
+            return (s.height, s.width) if s.height and s.width else None
+    except (av.error.FFmpegError, IndexError, OSError):
+        return None  # reported with its frame number when the frame is read
 
 
 def open_source(path: Path, start: int = 0, max_frames: int | None = None) -> FrameSource:
@@ -199,19 +228,19 @@ class VideoSink(FrameSink):
 class PngFolderSink(FrameSink):
     """``frame_000000.png`` ...: RGB, or with ``y16`` the network's Y output as 16-bit grayscale."""
 
-    def __init__(self, path: Path, y16: bool = False, overwrite: bool = False) -> None:
-        if path.exists() and not overwrite and any(path.iterdir() if path.is_dir() else [path]):
-            raise D3DError(f"{path}: already exists; pass --overwrite to replace it")
+    def __init__(self, path: Path, y16: bool = False) -> None:
         self.y16, self.count = y16, 0
         self._dir = AtomicDir(path)
         self.tmp = self._dir.tmp
+        self.names: list[str] = []
 
     def write(self, frame: np.ndarray) -> None:
         import av
 
         # PNG stores 16-bit samples big-endian; PyAV converts the native-endian frame on encode.
         fmt = "gray16le" if self.y16 else "rgb24"
-        with av.open(str(self.tmp / f"frame_{self.count:06d}.png"), "w", format="image2") as out:
+        name = f"frame_{self.count:06d}.png"
+        with av.open(str(self.tmp / name), "w", format="image2") as out:
             stream = out.add_stream("png", rate=1)
             stream.height, stream.width = frame.shape[:2]
             stream.pix_fmt = "gray16be" if self.y16 else "rgb24"
@@ -219,23 +248,40 @@ class PngFolderSink(FrameSink):
                 out.mux(packet)
             for packet in stream.encode():
                 out.mux(packet)
+        self.names.append(name)
         self.count += 1
 
     def commit(self) -> None:
+        write_manifest(self.tmp, self.names)  # proof of ownership for a later --overwrite
         self._dir.commit()
 
     def abort(self) -> None:
         self._dir.abort()
 
 
-def open_sink(path: Path, fps: Fraction, y16: bool = False, overwrite: bool = False, crf: int = 18) -> FrameSink:
-    if path.suffix.lower() in VIDEO_EXTENSIONS:
-        if y16:
-            raise D3DError("--y-only writes 16-bit PNG frames: give a folder as output, not a video file")
-        if path.exists() and not overwrite:
-            raise D3DError(f"{path}: already exists; pass --overwrite to replace it")
-        return VideoSink(path, fps, crf)
-    return PngFolderSink(path, y16, overwrite)
+def check_sink(path: Path, y16: bool = False, overwrite: bool = False, inputs: tuple[Path | None, ...] = ()) -> None:
+    """The output policy (:mod:`d3d.outputs`) for a video file or a frame folder, before any work."""
+    video = path.suffix.lower() in VIDEO_EXTENSIONS
+    if video and y16:
+        raise D3DError("--y-only writes 16-bit PNG frames: give a folder as output, not a video file")
+    check_target(path, inputs=inputs, overwrite=overwrite, folder=not video, what="output")
+
+
+def open_sink(
+    path: Path,
+    fps: Fraction,
+    y16: bool = False,
+    overwrite: bool = False,
+    crf: int = 18,
+    inputs: tuple[Path | None, ...] = (),
+) -> FrameSink:
+    check_sink(path, y16, overwrite, inputs)
+    try:
+        if path.suffix.lower() in VIDEO_EXTENSIONS:
+            return VideoSink(path, fps, crf)
+        return PngFolderSink(path, y16)
+    except OSError as exc:
+        raise D3DError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 # --- Pipeline ------------------------------------------------------------------------------------
@@ -256,6 +302,8 @@ class Summary:
     backend: str = ""
     precision: str = ""
     weights: str = ""
+    first_file: str = ""
+    last_file: str = ""
     input_size: tuple[int, int] = (0, 0)
     output_size: tuple[int, int] = (0, 0)
     peak_rss_mb: float = 0.0
@@ -357,4 +405,5 @@ def run_upscale(source: FrameSource, runner: Runner, sink: FrameSink, opts: Upsc
         raise
     summary.seconds = time.perf_counter() - start
     summary.peak_rss_mb = peak_rss_mb()
+    summary.first_file, summary.last_file = source.first_name, source.last_name
     return summary

@@ -14,8 +14,8 @@ import torch
 from d3d import D3Dnet, save_checkpoint
 from d3d.cli import main as cli
 from d3d.export import ExportOptions, export_onnx, load_model, register_schema
-from d3d.export.verify import VerifyOptions, verify
 from d3d.runtime.ort import create_session
+from d3d.verify import VerifyOptions, verify
 
 SIZES = [(24, 40), (37, 29)]  # two H x W through the same dynamic-shape file
 

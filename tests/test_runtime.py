@@ -20,8 +20,8 @@ from d3d.cli import main as cli
 from d3d.color import rgb_to_ycbcr
 from d3d.export import ExportOptions, export_onnx
 from d3d.model import D3DnetConfig
+from d3d.runtime.backends import Runner
 from d3d.runtime.pipeline import FrameSource, PngFolderSink, UpscaleOptions, upscale_stream
-from d3d.runtime.runners import Runner
 from d3d.samples import sample_clip
 
 

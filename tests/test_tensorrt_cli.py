@@ -29,7 +29,7 @@ def test_engine_sidecar_mismatch_is_explained(tmp_path):
     import json
 
     from d3d.errors import D3DError
-    from d3d.runtime.runners import check_sidecar
+    from d3d.export.tensorrt import check_sidecar
 
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"x")

@@ -12,20 +12,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-from d3d.commands import dims_arg
-
-BACKENDS = ("pytorch", "onnxruntime", "onnxruntime-portable", "tensorrt")
+from d3d.commands import add_model_source, add_output_flags, dims_arg, int_at_least, model_source, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=["pytorch", "onnxruntime"])
+    from d3d.runtime.backends import backend_names
+
+    parser.add_argument(
+        "--backends", nargs="+", choices=backend_names(), default=["pytorch", "onnxruntime"], help="backends to run"
+    )
     parser.add_argument("--sizes", type=dims_arg("HxW"), nargs="+", default=[(68, 160)], help="LR sizes HxW")
-    parser.add_argument("--iterations", type=int, default=5, help="timed windows per backend and size")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--checkpoint", type=Path, help="weights (default: seeded random initialisation)")
-    parser.add_argument("--engine", type=Path, help="TensorRT engine (for the tensorrt backend)")
-    parser.add_argument("--threads", type=int, help="CPU threads")
+    parser.add_argument("--iterations", type=positive_int, default=5, help="timed windows per backend and size")
+    parser.add_argument("--warmup", type=int_at_least(0), default=1, help="untimed windows before timing")
+    add_model_source(parser)
+    parser.add_argument("--threads", type=positive_int, help="CPU threads")
     parser.add_argument("--json", type=Path, help="write the results as JSON")
+    add_output_flags(parser)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
 
 
@@ -36,17 +38,12 @@ def _measure(spec: dict) -> dict:
 
     import numpy as np
 
-    from d3d.runtime import runners, weights
-    from d3d.runtime.runners import peak_rss_mb
+    from d3d.runtime.backends import create_runner, get_backend, peak_rss_mb
+    from d3d.runtime.models import ModelSource
 
-    backend = spec["backend"]
-    ckpt = Path(spec["checkpoint"]) if spec["checkpoint"] else None
-    if backend.startswith("onnxruntime"):
-        onnx, label = weights.onnx_for(ckpt, portable=backend.endswith("portable"))
-        runner = runners.OrtRunner(onnx, threads=spec["threads"])
-    else:
-        engine = Path(spec["engine"]) if spec["engine"] else None
-        runner, label = runners.create_runner(backend, engine=engine, checkpoint=ckpt, threads=spec["threads"])
+    backend = get_backend(spec["backend"])
+    source = ModelSource(**{**spec["source"], "path": Path(spec["source"]["path"]) if spec["source"]["path"] else None})
+    runner = create_runner(backend, source, backend.options(threads=spec["threads"]))
     cfg = runner.config
     rows = []
     rng = np.random.default_rng(0)
@@ -74,39 +71,55 @@ def _measure(spec: dict) -> dict:
     peak = peak_rss_mb()
     for r in rows:
         r["peak_rss_mb"] = peak
-        r["weights"] = label
+        r["model"] = source.describe()
     return {"rows": rows}
 
 
 def run(args: argparse.Namespace) -> int:
-    from d3d.errors import D3DError
+    from d3d.errors import D3DError, SDKMissing
+    from d3d.outputs import check_target, write_output
+    from d3d.runtime.backends import get_backend
 
     if args.worker:
         print(json.dumps(_measure(json.loads(args.worker))))
         return 0
+    source = model_source(args)
+    if args.json:
+        check_target(args.json, inputs=(source.path,), overwrite=args.overwrite, what="--json")
     rows = []
-    skipped = {}
+    skipped: dict[str, str] = {}
+    codes: dict[str, int] = {}
     for backend in args.backends:
         spec = {
             "backend": backend,
             "sizes": args.sizes,
             "iterations": args.iterations,
             "warmup": args.warmup,
-            "checkpoint": str(args.checkpoint) if args.checkpoint else None,
-            "engine": str(args.engine) if args.engine else None,
+            "source": {**source.__dict__, "path": str(source.path) if source.path else None},
             "threads": args.threads,
         }
-        print(f"benchmarking {backend} ...", file=sys.stderr)
+        entry = get_backend(backend)
+        why = entry.unavailable()
+        if why:  # no process to start: say why, as a run of that backend would
+            skipped[backend], codes[backend] = why, 2 if entry.missing_sdk else 1
+            continue
+        print(f"benchmarking {backend} ...", flush=True)
         proc = subprocess.run(
             [sys.executable, "-m", "d3d.cli", "bench", "--worker", json.dumps(spec)], capture_output=True, text=True
         )
         if proc.returncode != 0:
             lines = (proc.stderr or proc.stdout).strip().splitlines()
-            skipped[backend] = lines[-1] if lines else f"exit code {proc.returncode}"
+            why = lines[-1] if lines else f"exit code {proc.returncode}"
+            skipped[backend] = why.removeprefix("d3d: error: ")
+            codes[backend] = proc.returncode
             continue
         rows += json.loads(proc.stdout.strip().splitlines()[-1])["rows"]
     if not rows:
-        raise D3DError("no backend could run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+        why = "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        # Exit 2 where every backend failed for a missing SDK, as a single run of that backend would.
+        raise (SDKMissing if codes and all(c == 2 for c in codes.values()) else D3DError)(
+            f"no backend could run: {why}"
+        )
     head = f"{'backend':<36} {'LR':>9} {'HR':>10} {'p50 ms':>9} {'p95 ms':>9} {'frames/s':>9} {'peak MB':>8}"
     print(head)
     print("-" * len(head))
@@ -116,8 +129,10 @@ def run(args: argparse.Namespace) -> int:
             f"{r['backend']:<36} {lr:>9} {hr:>10} {r['p50_ms']:9.1f} {r['p95_ms']:9.1f} "
             f"{r['frames_per_s']:9.3f} {r['peak_rss_mb']:8.0f}"
         )
+    print(f"model: {source.describe()}")
     for backend, why in skipped.items():
         print(f"skipped {backend}: {why}")
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "skipped": skipped}, indent=1))
+        report = json.dumps({"model": source.describe(), "rows": rows, "skipped": skipped}, indent=1)
+        write_output(args.json, report, inputs=(source.path,), overwrite=args.overwrite)
     return 0

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from d3d.commands import dims_arg
+from d3d.commands import add_output_flags, dims_arg
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="ONNX file from d3d export")
     parser.add_argument("-o", "--output", type=Path, required=True, help="engine file to write")
-    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16")
+    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16", help="engine precision")
     parser.add_argument("--min-shape", type=dims_arg("BxHxW"), default=(1, 64, 64), help="profile minimum BxHxW (LR)")
     parser.add_argument("--opt-shape", type=dims_arg("BxHxW"), default=(1, 180, 320), help="profile optimum BxHxW")
     parser.add_argument("--max-shape", type=dims_arg("BxHxW"), default=(1, 272, 480), help="profile maximum BxHxW")
@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opt-level", type=int, default=3, choices=range(6), help="builder optimization level")
     parser.add_argument("--workspace", type=float, default=4.0, help="workspace limit in GiB")
     parser.add_argument("--plugin", type=Path, help="DeformConv3d plugin library (default: searched)")
+    add_output_flags(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,19 +27,25 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     import d3d
-    from d3d.atomic import atomic_write
     from d3d.errors import D3DError
     from d3d.export import file_sha256, has_custom_nodes, load_model, model_config
-    from d3d.runtime.tensorrt import (
+    from d3d.export.tensorrt import (
         build_engine_bytes,
         device_description,
         find_plugin_library,
         import_tensorrt,
+        sidecar_path,
         write_sidecar,
     )
+    from d3d.outputs import check_target, write_output
 
     if not all(lo <= opt <= hi for lo, opt, hi in zip(args.min_shape, args.opt_shape, args.max_shape, strict=True)):
         raise D3DError("the profile must satisfy min <= opt <= max in batch, height and width")
+    if args.plugin is not None and not args.plugin.is_file():
+        raise D3DError(f"{args.plugin}: no such file (--plugin)")
+    inputs = (args.model, args.plugin, args.timing_cache)
+    check_target(args.output, inputs=inputs, overwrite=args.overwrite, what="--output")
+    check_target(sidecar_path(args.output), inputs=inputs, overwrite=args.overwrite, what="engine sidecar")
     trt = import_tensorrt()  # exits 2 with install advice where TensorRT is missing
     proto = load_model(args.model)
     config = model_config(proto, str(args.model))
@@ -54,8 +61,7 @@ def run(args: argparse.Namespace) -> int:
         optimization_level=args.opt_level,
         workspace_gib=args.workspace,
     )
-    with atomic_write(args.output) as tmp:
-        tmp.write_bytes(engine)
+    write_output(args.output, engine, inputs=inputs, overwrite=args.overwrite)
     info = {
         "tensorrt_version": trt.__version__,
         **device_description(),

@@ -6,27 +6,30 @@ import argparse
 import logging
 from pathlib import Path
 
+from d3d.commands import add_output_flags, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", nargs="?", type=Path, help="D3Dnet checkpoint (.pth.tar or state dict)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="ONNX file to write")
+    add_output_flags(parser)
     parser.add_argument("--opset", type=int, default=20, help="ONNX opset (18..23; portable needs >= 20)")
     parser.add_argument(
         "--portable", action="store_true", help="standard ONNX ops only (GridSample + Conv), no custom domain"
     )
     parser.add_argument("--static", action="store_true", help="fixed input shape instead of dynamic batch/H/W")
-    parser.add_argument("--batch", type=int, default=1, help="example / static batch size")
-    parser.add_argument("--height", type=int, default=64, help="example / static LR height")
-    parser.add_argument("--width", type=int, default=64, help="example / static LR width")
+    parser.add_argument("--batch", type=positive_int, default=1, help="example / static batch size")
+    parser.add_argument("--height", type=positive_int, default=64, help="example / static LR height")
+    parser.add_argument("--width", type=positive_int, default=64, help="example / static LR width")
     g = parser.add_argument_group("without weights (--random-init)")
     g.add_argument("--random-init", action="store_true", help="export a randomly initialised model")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--scale", type=int, default=4)
-    g.add_argument("--frames", type=int, default=7)
-    g.add_argument("--channels", type=int, default=1, help="input/output channels (1 = Y)")
-    g.add_argument("--nf", type=int, default=64)
-    g.add_argument("--d3d-blocks", type=int, default=5)
-    g.add_argument("--res-blocks", type=int, default=6)
+    g.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
+    g.add_argument("--scale", type=positive_int, default=4, help="upscaling factor")
+    g.add_argument("--frames", type=positive_int, default=7, help="input frames per window (odd)")
+    g.add_argument("--channels", type=positive_int, default=1, help="input/output channels (1 = Y)")
+    g.add_argument("--nf", type=positive_int, default=64, help="feature channels")
+    g.add_argument("--d3d-blocks", type=positive_int, default=5, help="deformable 3-D blocks")
+    g.add_argument("--res-blocks", type=positive_int, default=6, help="2-D residual blocks")
     g.add_argument(
         "--offset-init-std",
         type=float,
@@ -41,15 +44,21 @@ def run(args: argparse.Namespace) -> int:
     from d3d import D3Dnet, load_checkpoint
     from d3d.errors import D3DError
     from d3d.export import ExportOptions, check_opset, export_onnx, file_sha256
+    from d3d.outputs import check_target
 
     check_opset(args.opset, args.portable)  # before any slow work
-    if args.random_init == (args.checkpoint is not None):
-        raise D3DError("give a checkpoint or --random-init (not both)")
+    if args.random_init and args.checkpoint is not None:
+        raise D3DError(f"conflicting model sources: --random-init and checkpoint {args.checkpoint}; give exactly one")
+    if not args.random_init and args.checkpoint is None:
+        raise D3DError("give a checkpoint to export, or --random-init for untrained weights")
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise D3DError(f"{args.checkpoint}: no such file (checkpoint)")
+    check_target(args.output, inputs=(args.checkpoint,), overwrite=args.overwrite, what="--output")
     sha = None
     if args.checkpoint is not None:
         model = load_checkpoint(args.checkpoint)
         sha = file_sha256(args.checkpoint)
-        source = str(args.checkpoint)
+        source = f"checkpoint {args.checkpoint} (sha256 {sha})"
     else:
         torch.manual_seed(args.seed)
         model = D3Dnet(args.scale, args.channels, args.channels, args.frames, args.nf, args.d3d_blocks, args.res_blocks)
@@ -57,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             for m in model.modules():
                 if hasattr(m, "conv_offset"):
                     torch.nn.init.normal_(m.conv_offset.weight, 0.0, args.offset_init_std)
-        source = f"random init (seed {args.seed})"
+        source = f"random (untrained, seed {args.seed})"
     options = ExportOptions(
         opset=args.opset,
         dynamic=not args.static,
@@ -67,7 +76,10 @@ def run(args: argparse.Namespace) -> int:
         width=args.width,
     )
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    proto = export_onnx(model, args.output, options, checkpoint_sha256=sha)
+    try:
+        proto = export_onnx(model, args.output, options, checkpoint_sha256=sha)
+    except OSError as exc:
+        raise D3DError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
     custom = sum(1 for n in proto.graph.node if n.domain == "d3d")
     flavour = "portable (standard ops)" if args.portable else f"custom op ({custom} DeformConv3d nodes)"
     shape = "static" if args.static else "dynamic batch/height/width"

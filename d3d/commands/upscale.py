@@ -5,79 +5,131 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
+
+from d3d.commands import add_model_source, add_output_flags, int_at_least, model_source, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from d3d.runtime.backends import backend_names
+
     parser.add_argument("input", nargs="?", type=Path, help="video file or folder of frames (default: --clip)")
     parser.add_argument(
         "-o", "--output", type=Path, required=True, help="video file (.mp4/.mkv/...: H.264) or folder of PNG frames"
     )
     parser.add_argument("--clip", default="bikes", help="bundled sample clip used when no INPUT is given")
-    src = parser.add_argument_group("model (default: the embedded ONNX Runtime backend)")
-    src.add_argument("--engine", type=Path, help="TensorRT engine from `d3d build`")
-    src.add_argument("--onnx", type=Path, help="ONNX model from `d3d export`")
-    src.add_argument("--checkpoint", type=Path, help="D3Dnet checkpoint (.pth.tar)")
-    src.add_argument(
+    add_model_source(parser)
+    be = parser.add_argument_group("backend")
+    be.add_argument(
         "--backend",
-        choices=["auto", "tensorrt", "onnxruntime", "pytorch"],
+        choices=["auto", *backend_names()],
         default="auto",
-        help="auto: TensorRT when an engine and a GPU are present, else ONNX Runtime on the CPU",
+        help="auto: tensorrt for an --engine, else onnxruntime (CPU)",
     )
-    src.add_argument("--plugin", type=Path, help="DeformConv3d TensorRT plugin library")
-    src.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime / PyTorch")
-    src.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay the engine launch as a CUDA graph")
+    be.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the backend runs")
+    be.add_argument("--plugin", type=Path, help="DeformConv3d TensorRT plugin library (default: searched)")
+    be.add_argument("--threads", type=positive_int, help="CPU threads for ONNX Runtime / PyTorch")
+    be.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay the engine launch as a CUDA graph")
+    be.add_argument("--no-estimate", action="store_true", help="skip the time/memory estimate (and its check)")
     run = parser.add_argument_group("frames")
-    run.add_argument("--start", type=int, default=0, help="first input frame")
-    run.add_argument("--max-frames", type=int, help="upscale at most this many frames")
+    run.add_argument("--start", type=int_at_least(0), default=0, help="first input frame")
+    run.add_argument("--max-frames", type=positive_int, help="upscale at most this many frames")
     run.add_argument(
-        "--downscale", type=int, default=1, help="bicubic pre-downscale by this factor (make LR from HR footage)"
+        "--downscale",
+        type=positive_int,
+        default=1,
+        help="bicubic pre-downscale by this factor (make LR from HR footage)",
     )
-    run.add_argument("--tile", type=int, default=0, help="LR tile size for frames larger than the engine profile")
-    run.add_argument("--tile-overlap", type=int, default=8, help="LR context pixels around each tile")
+    run.add_argument("--tile", type=int_at_least(0), default=0, help="LR tile size, 0 = whole frame (saves memory)")
+    run.add_argument("--tile-overlap", type=int_at_least(0), default=8, help="LR context pixels around each tile")
     out = parser.add_argument_group("output")
-    out.add_argument("--crf", type=int, default=18, help="H.264 quality (lower is better)")
+    out.add_argument("--crf", type=int_at_least(0), default=18, help="H.264 quality (lower is better)")
     out.add_argument("--y-only", action="store_true", help="write the network's Y output as 16-bit PNG frames")
-    out.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_output_flags(out)
     out.add_argument("--summary-json", type=Path, help="also write the summary as JSON")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from d3d.errors import D3DError
-    from d3d.runtime.pipeline import UpscaleOptions, open_sink, open_source, run_upscale
-    from d3d.runtime.runners import create_runner
+    from d3d.outputs import check_target, write_output
+    from d3d.runtime.backends import choose_backend, create_runner
+    from d3d.runtime.pipeline import check_sink, open_source
     from d3d.samples import sample_clip
 
-    if args.downscale < 1 or args.start < 0 or (args.max_frames is not None and args.max_frames < 1):
-        raise D3DError("--downscale and --max-frames must be >= 1, --start >= 0")
+    # Everything named must exist, and no output may endanger anything, before any slow work.
+    source_model = model_source(args)
+    backend = choose_backend(args.backend, source_model.kind)
+    options = backend.options(
+        device=args.device, threads=args.threads, cuda_graph=args.cuda_graph, tile=args.tile,
+        tile_overlap=args.tile_overlap,
+    )  # fmt: skip
+    if args.plugin is not None:
+        if not hasattr(options, "plugin"):
+            raise D3DError(f"--plugin is a tensorrt option; the {backend.name} backend does not load plugins")
+        options.plugin = args.plugin
+    options.validate()
     path = args.input or sample_clip(args.clip)
+    inputs = (path, source_model.path, args.plugin)
+    check_sink(args.output, args.y_only, args.overwrite, inputs)
+    if args.summary_json:
+        check_target(args.summary_json, inputs=inputs, overwrite=args.overwrite, what="--summary-json")
+        if Path(args.summary_json).resolve() == Path(args.output).resolve():
+            raise D3DError(f"{args.summary_json}: --summary-json and --output are the same path")
     source = open_source(path, args.start, args.max_frames)
-    runner, weights = create_runner(
-        args.backend,
-        engine=args.engine,
-        onnx=args.onnx,
-        checkpoint=args.checkpoint,
-        threads=args.threads,
-        plugin=args.plugin,
-        cuda_graph=args.cuda_graph,
-    )
-    sink = open_sink(args.output, source.fps, y16=args.y_only, overwrite=args.overwrite, crf=args.crf)
-    print(f"input: {path} | backend: {runner.describe()} | weights: {weights}")
-    opts = UpscaleOptions(args.tile, args.tile_overlap, args.downscale, args.y_only)
-    with tqdm(total=source.total, unit="frame", disable=args.quiet, dynamic_ncols=True) as bar:
-        summary = run_upscale(source, runner, sink, opts, progress=bar)
-    summary.weights = weights
-    runner.close()
+    if source.size is not None:
+        h, w = source.size
+        lr = (h // args.downscale, w // args.downscale)
+        if min(lr) < 1:
+            raise D3DError(f"--downscale {args.downscale} is larger than the {w}x{h} frames of {path}")
+    else:
+        lr = None
+
+    runner = create_runner(backend, source_model, options)
+    try:
+        summary = _run(args, path, source, source_model, backend.name, runner, lr, inputs)
+    finally:
+        runner.close()  # release the backend's threads before any exit, interrupted or not
+    summary.weights = source_model.describe()
     (iw, ih), (ow, oh) = summary.input_size, summary.output_size
     print(
-        f"done: {summary.frames} frames {iw}x{ih} -> {ow}x{oh} in {summary.seconds:.1f} s "
-        f"({summary.fps:.2f} frames/s) | {summary.backend} | peak memory {summary.peak_rss_mb:.0f} MB | "
-        f"wrote {args.output}"
+        f"done: {summary.frames} frames ({summary.first_file} .. {summary.last_file}) {iw}x{ih} -> {ow}x{oh} "
+        f"in {summary.seconds:.1f} s ({summary.fps:.2f} frames/s) | {summary.backend} | "
+        f"model: {summary.weights} | peak memory {summary.peak_rss_mb:.0f} MB | wrote {args.output}"
     )
     if args.summary_json:
         record = {**dataclasses.asdict(summary), "fps": summary.fps, "output": str(args.output)}
-        args.summary_json.write_text(json.dumps(record, indent=1))
+        write_output(args.summary_json, json.dumps(record, indent=1), inputs=inputs, overwrite=args.overwrite)
     return 0
+
+
+def _run(args, path, source, source_model, backend_name: str, runner, lr, inputs):
+    """Estimate (and refuse what cannot fit), then stream the frames into the sink."""
+    from tqdm import tqdm
+
+    from d3d.errors import D3DError
+    from d3d.runtime.estimate import estimate_run
+    from d3d.runtime.pipeline import UpscaleOptions, open_sink, run_upscale
+
+    print(f"input: {path} | backend: {runner.describe()} | model: {source_model.describe()}")
+    if lr is not None:
+        runner.check_frame_size(*lr)
+        if not args.no_estimate:
+            est = estimate_run(runner, lr, args.tile, args.tile_overlap)
+            avail = f"{est.available_mb:.0f} MB available" if est.available_mb is not None else "available unknown"
+            print(
+                f"estimate: {lr[1]}x{lr[0]} LR on {backend_name}: ~{est.seconds_per_frame:.2f} s/frame, "
+                f"peak memory ~{est.peak_mb:.0f} MB ({avail})"
+            )
+            if not est.fits():
+                tile = est.suggest_tile(args.tile_overlap)
+                hint = f"try --tile {tile}" if tile else "use a smaller --tile or --downscale"
+                raise D3DError(
+                    f"estimated peak memory {est.peak_mb:.0f} MB for {lr[1]}x{lr[0]} LR frames exceeds the "
+                    f"{est.available_mb:.0f} MB available: {hint}"
+                )
+    sink = open_sink(args.output, source.fps, y16=args.y_only, overwrite=args.overwrite, crf=args.crf, inputs=inputs)
+    opts = UpscaleOptions(args.tile, args.tile_overlap, args.downscale, args.y_only)
+    with tqdm(total=source.total, unit="frame", disable=args.quiet, dynamic_ncols=True, file=sys.stderr) as bar:
+        return run_upscale(source, runner, sink, opts, progress=bar)

@@ -1,5 +1,7 @@
 """Numerical parity of an exported model: PyTorch vs ONNX Runtime (vs TensorRT where installed),
-through Polygraphy's Comparator, on seeded random inputs and on real frames."""
+through Polygraphy's Comparator, on seeded random inputs and on real frames.
+
+Verification sits above export and runtime (it uses both), beside the CLI."""
 
 from __future__ import annotations
 
@@ -19,10 +21,9 @@ from polygraphy.common import TensorMetadata
 from polygraphy.comparator import Comparator
 from polygraphy.comparator.compare import SimpleCompareFunc
 
-from d3d.checkpoint import CheckpointError, load_checkpoint, load_state_into
 from d3d.errors import D3DError
-from d3d.export.exporter import INPUT_NAME, META_CHECKPOINT, OUTPUT_NAME, file_sha256, model_config, param_aliases
-from d3d.model import D3Dnet
+from d3d.export.exporter import INPUT_NAME, OUTPUT_NAME, model_config
+from d3d.export.onnx_import import model_for_checkpoint, model_from_onnx
 
 # Default tolerances per precision (elementwise: an element fails only if it exceeds both).
 TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (2e-2, 2e-2), "bf16": (6e-2, 6e-2)}
@@ -52,44 +53,6 @@ class TorchRunner(BaseRunner):
 
     def deactivate_impl(self):
         pass
-
-
-def model_from_onnx(proto: onnx.ModelProto, source: str) -> D3Dnet:
-    """Rebuilds the PyTorch model of an exported file: config from metadata_props, weights from the
-    initializers (the exporter keeps parameter names)."""
-    model = D3Dnet(**model_config(proto, source))
-    inits = {i.name: torch.from_numpy(onnx.numpy_helper.to_array(i).copy()) for i in proto.graph.initializer}
-    aliases = param_aliases(proto)
-    state = {}
-    for k, v in model.state_dict().items():
-        src = aliases.get(k, k)
-        if src in inits:
-            state[k] = inits[src].reshape(v.shape) if inits[src].numel() == v.numel() else inits[src]
-        elif src == "":  # dropped by the exporter's optimizer as all zeros
-            state[k] = torch.zeros_like(v)
-    try:
-        load_state_into(model, state, source)
-    except CheckpointError as exc:
-        raise D3DError(f"cannot rebuild the PyTorch model from the ONNX initializers: {exc}") from None
-    return model.eval()
-
-
-def model_for_checkpoint(proto: onnx.ModelProto, checkpoint: Path, source: str) -> tuple[D3Dnet, list[str]]:
-    """Loads the checkpoint and checks it against the ONNX file's config; returns notes to print."""
-    config = model_config(proto, source)
-    model = load_checkpoint(checkpoint)
-    if model.config.as_dict() != config:
-        diff = ", ".join(
-            f"{k} {model.config.as_dict()[k]} vs {config.get(k)}"
-            for k in config
-            if model.config.as_dict()[k] != config[k]
-        )
-        raise D3DError(f"{checkpoint}: does not match the model config of {source} ({diff})")
-    notes = []
-    props = {p.key: p.value for p in proto.metadata_props}
-    if META_CHECKPOINT in props and props[META_CHECKPOINT] != file_sha256(checkpoint):
-        notes.append(f"note: {checkpoint} is not the checkpoint {source} was exported from (sha256 differs)")
-    return model, notes
 
 
 @dataclass
@@ -140,14 +103,12 @@ def profile_for(config: dict, shapes: Sequence[tuple[int, int]], batch: int) -> 
 
 def _tensorrt_runner(model_path: Path, opts: VerifyOptions, config: dict):
     """A Polygraphy TensorRT runner with the DeformConv3d plugin, or a reason why there is none."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return None, "TensorRT is not installed (pip install tensorrt; needs an NVIDIA GPU)"
-    from d3d.runtime.tensorrt import build_engine_bytes, find_plugin_library, gpu_present
+    from d3d.export.tensorrt import build_engine_bytes, find_plugin_library
+    from d3d.runtime.backends import get_backend
 
-    if not gpu_present():
-        return None, "no CUDA GPU is available"
+    why = get_backend("tensorrt").unavailable()
+    if why:
+        return None, why
 
     try:
         from polygraphy.backend.trt import TrtRunner
@@ -238,8 +199,11 @@ def format_table(result: VerifyResult) -> str:
     return "\n".join(lines)
 
 
-def write_report(path: Path, result: VerifyResult, model_path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+VERIFY_BACKENDS = ("pytorch", "onnxruntime", "tensorrt")  # runners Polygraphy compares here
+
+
+def report_json(result: VerifyResult, model_path: Path) -> str:
+    """The comparison as JSON text (the CLI writes it through the output policy)."""
     report = {
         "model": str(model_path),
         "passed": result.passed,
@@ -249,4 +213,4 @@ def write_report(path: Path, result: VerifyResult, model_path: Path) -> None:
         "skipped": result.skipped,
         "rows": result.rows,
     }
-    path.write_text(json.dumps(report, indent=1))
+    return json.dumps(report, indent=1)

@@ -1,5 +1,8 @@
 """TensorRT: engine building (with the DeformConv3d plugin library) and the engine sidecar.
 
+Checkpoint -> engine file is export, so this lives here; the TensorRT runner (``d3d.runtime``)
+imports the loading helpers from here, never the other way round.
+
 Everything here imports ``tensorrt`` lazily; where it is missing, :class:`TensorRTMissing` says what
 to install and exits with code 2. NOT VERIFIED in this project's CI: no TensorRT builder can be
 installed there (see docs/TENSORRT.md); only the missing-TensorRT path is tested.
@@ -9,19 +12,20 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from d3d.errors import D3DError
+from d3d.errors import D3DError, SDKMissing
 
-PLUGIN_NAME = "libd3d_trt_plugin.so"
+logger = logging.getLogger(__name__)
+
 Shape = Sequence[int]
 
 
-class TensorRTMissing(D3DError):
-    exit_code = 2
+class TensorRTMissing(SDKMissing):
+    pass
 
 
 def import_tensorrt():
@@ -37,19 +41,21 @@ def import_tensorrt():
 
 
 def find_plugin_library(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The DeformConv3d plugin library: explicit path, $D3D_TRT_PLUGIN, the install prefix
-    (``cmake --install build --prefix .venv``), or the build folder."""
-    from d3d._native import REPO_ROOT
+    """The DeformConv3d plugin library: an explicit path (which must exist), else the one
+    :func:`d3d.native_libs.trt_plugin_library` finds ($D3D_TRT_PLUGIN, the build folder, the install)."""
+    from d3d import native_libs
 
-    candidates = [explicit, os.environ.get("D3D_TRT_PLUGIN")]
-    candidates += [Path(sys.prefix) / "lib" / "d3d-trt" / PLUGIN_NAME, REPO_ROOT / "build" / PLUGIN_NAME]
-    for c in candidates:
-        if c and Path(c).is_file():
-            return Path(c)
+    if explicit is not None:
+        if not Path(explicit).is_file():
+            raise D3DError(f"{explicit}: no such plugin library")
+        return Path(explicit)
+    found = native_libs.trt_plugin_library()
+    if found is not None:
+        return found
     raise TensorRTMissing(
-        f"the DeformConv3d TensorRT plugin ({PLUGIN_NAME}) was not found: build it with "
-        "`cmake -S . -B build -DTensorRT_ROOT=/path/to/TensorRT && cmake --build build && "
-        "cmake --install build --prefix .venv`, or pass --plugin / set D3D_TRT_PLUGIN"
+        f"the DeformConv3d TensorRT plugin ({native_libs.TRT_PLUGIN.filename}) was not found: build it with "
+        "`cmake -S . -B build -DD3D_TENSORRT_INCLUDE_DIR=/path/to/TensorRT/include && cmake --build build`, "
+        "or pass --plugin / set D3D_TRT_PLUGIN"
     )
 
 
@@ -137,4 +143,29 @@ def gpu_present() -> bool:
 
 
 def write_sidecar(engine_path: Path, info: dict) -> None:
-    sidecar_path(engine_path).write_text(json.dumps(info, indent=1, sort_keys=True))
+    from d3d.atomic import atomic_write
+
+    with atomic_write(sidecar_path(engine_path)) as tmp:
+        tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
+
+
+def check_sidecar(engine_path: Path, trt_version: str, gpu: str | None, capability: str | None) -> dict:
+    """Reads the engine's JSON sidecar and says clearly what does not match this machine. A different
+    GPU of the same compute capability is only logged."""
+    path = sidecar_path(engine_path)
+    if not path.is_file():
+        raise D3DError(f"{engine_path}: no sidecar {path.name}; rebuild the engine with `d3d build`")
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise D3DError(f"{path}: unreadable engine sidecar ({exc})") from None
+    problems = []
+    if info.get("tensorrt_version") != trt_version:
+        problems.append(f"built with TensorRT {info.get('tensorrt_version')}, running {trt_version}")
+    if capability and info.get("compute_capability") not in (None, capability):
+        problems.append(f"built for compute capability {info.get('compute_capability')}, this GPU is {capability}")
+    if problems:
+        raise D3DError(f"{engine_path}: " + "; ".join(problems) + " — rebuild it with `d3d build` on this machine")
+    if gpu and info.get("gpu") not in (None, gpu):
+        logger.info("note: %s was built on %s, running on %s", engine_path.name, info.get("gpu"), gpu)
+    return info

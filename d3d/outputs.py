@@ -1,0 +1,112 @@
+"""The output policy every writing command follows: nothing is ever deleted but our own output.
+
+- An existing target is replaced only with ``overwrite``; never when the target and an input overlap
+  (equal, or one inside the other), nor when the target is the current folder or one of its parents.
+- An existing frame folder is replaced only when the manifest this tool wrote into it
+  (:data:`MANIFEST`) lists everything in it: a file name pattern is not proof of ownership.
+- Replacement is atomic (:mod:`d3d.atomic`): the new output is complete before the old one goes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from d3d.atomic import atomic_write
+from d3d.errors import D3DError
+
+MANIFEST = ".d3d-manifest.json"
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """``a`` equals ``b`` or lies inside it."""
+    return a == b or b in a.parents
+
+
+def _writable_ancestor(path: Path) -> Path:
+    p = path.parent
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def read_manifest(folder: Path) -> set[str] | None:
+    """The file names a d3d manifest in ``folder`` lists, or None where there is none (or it is unreadable)."""
+    try:
+        data = json.loads((folder / MANIFEST).read_text())
+        return {str(name) for name in data["files"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_manifest(folder: Path, names: Iterable[str]) -> None:
+    """Records the files d3d wrote into ``folder`` (the proof that a later run may replace them)."""
+    (folder / MANIFEST).write_text(json.dumps({"tool": "d3d-trt", "files": sorted(names)}, indent=0))
+
+
+def check_target(
+    target: Path, *, inputs: Sequence[Path | None] = (), overwrite: bool = False, folder: bool = False, what: str = ""
+) -> None:
+    """Raises a one-line :class:`D3DError` where writing ``target`` could lose anything; returns where the
+    write may go ahead. ``folder``: the target is a folder of frames (else a single file)."""
+    label = f"{target}" + (f" ({what})" if what else "")
+    t = Path(os.path.abspath(target)).resolve()
+    cwd = Path.cwd().resolve()
+    if _inside(cwd, t):
+        raise D3DError(f"{label}: is the current folder or one of its parents: refusing to write there")
+    for inp in inputs:
+        if inp is None:
+            continue
+        i = Path(os.path.abspath(inp)).resolve()
+        if _inside(t, i) or _inside(i, t):
+            relation = "is" if t == i else "overlaps"
+            raise D3DError(f"{label}: {relation} the input {inp}: choose another output")
+    if not (t.exists() or t.is_symlink()):
+        anc = _writable_ancestor(t)
+        if not os.access(anc, os.W_OK | os.X_OK):
+            raise D3DError(f"{label}: cannot write there ({anc} is not writable)")
+        return
+    if not os.access(t.parent, os.W_OK | os.X_OK):
+        raise D3DError(f"{label}: cannot write there ({t.parent} is not writable)")
+    if folder:
+        if not t.is_dir():
+            raise D3DError(f"{label}: exists and is not a folder: not replacing it with frames")
+        entries = list(t.iterdir())
+        if not entries:
+            return  # an empty folder: nothing to lose
+        if not overwrite:
+            raise D3DError(f"{label}: already exists; pass --overwrite to replace it")
+        listed = read_manifest(t)
+        if listed is None:
+            raise D3DError(f"{label}: not a frame folder written by d3d (no {MANIFEST}): not replacing it")
+        foreign = sorted(e.name for e in entries if e.name != MANIFEST and (e.name not in listed or not e.is_file()))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
+            raise D3DError(f"{label}: holds files d3d did not write ({shown}): not replacing it")
+        return
+    if t.is_dir():
+        raise D3DError(f"{label}: is a folder; give a file name")
+    if not overwrite:
+        raise D3DError(f"{label}: already exists; pass --overwrite to replace it")
+
+
+def write_output(
+    target: Path,
+    data: bytes | str,
+    *,
+    inputs: Sequence[Path | None] = (),
+    overwrite: bool = False,
+    what: str = "",
+) -> None:
+    """Checks ``target`` against the policy, then writes ``data`` atomically."""
+    check_target(target, inputs=inputs, overwrite=overwrite, what=what)
+    try:
+        with atomic_write(target) as tmp:
+            if isinstance(data, str):
+                tmp.write_text(data)
+            else:
+                tmp.write_bytes(data)
+    except OSError as exc:
+        raise D3DError(f"{target}: cannot write ({exc.strerror or exc})") from None

@@ -1,0 +1,135 @@
+"""ONNX Runtime backend: CPU (the default backend), or the CUDA execution provider where present.
+
+Session creation is :mod:`d3d.runtime.ort`'s; this module adds the runner. Each run happens in a worker
+thread while the calling (main) thread waits in short slices, so SIGINT/SIGTERM are handled promptly
+even while a custom-op node runs: the handler's exception reaches the waiting thread, which sets
+``RunOptions.terminate`` (ONNX Runtime stops before the next node) and lets the worker finish. No
+exception is ever raised inside a custom op, whichever library implements it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from d3d.errors import D3DError, summary_line
+from d3d.model import D3DnetConfig
+from d3d.runtime.backends.base import Backend, BackendOptions, Runner
+
+WAIT_SLICE_S = 0.05  # how often the waiting thread wakes up for signals
+
+
+@dataclass
+class OrtOptions(BackendOptions):
+    portable: bool = False  # for checkpoints: run the standard-ops export instead of the custom op
+
+    def validate(self) -> None:
+        super().validate()
+        if self.precision != "fp32":
+            raise D3DError(f"the onnxruntime backend runs fp32 only, not {self.precision}")
+        if self.cuda_graph:
+            raise D3DError("--cuda-graph is a TensorRT option")
+
+
+class OrtRunner(Runner):
+    name = "onnxruntime"
+
+    def __init__(self, onnx_path: Path, options: OrtOptions | None = None) -> None:
+        from d3d.export import load_model, model_config
+        from d3d.runtime.ort import available_providers, create_session
+
+        options = options or OrtOptions()
+        proto = load_model(onnx_path)  # validates every DeformConv3d node against the op spec
+        super().__init__(D3DnetConfig(**model_config(proto, str(onnx_path))))
+        wanted = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+        providers = wanted.get(options.device) or ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        have = available_providers()
+        if options.device == "cuda" and "CUDAExecutionProvider" not in have:
+            raise D3DError("ONNX Runtime has no CUDA execution provider here (install onnxruntime-gpu)")
+        providers = [p for p in providers if p in have]
+        self.device = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
+        self._session = create_session(proto, providers, options.threads)
+        self._input = self._session.get_inputs()[0].name
+        self.flavour = "custom op" if any(n.domain == "d3d" for n in proto.graph.node) else "portable"
+
+    def infer(self, window: np.ndarray) -> np.ndarray:
+        import onnxruntime as ort
+
+        feed = {self._input: np.ascontiguousarray(window, dtype=np.float32)}
+        run_options = ort.RunOptions()
+        result: dict[str, object] = {}
+
+        def work() -> None:
+            try:
+                result["y"] = self._session.run(None, feed, run_options)[0]
+            except BaseException as exc:  # handed to the waiting thread
+                result["error"] = exc
+
+        worker = threading.Thread(target=work, name="d3d-onnxruntime-run", daemon=True)
+        try:
+            worker.start()
+            while worker.is_alive():
+                worker.join(WAIT_SLICE_S)
+        except BaseException:
+            run_options.terminate = True  # checked by ONNX Runtime between nodes
+            if worker.ident is not None:
+                worker.join()
+            # The worker's exception holds ONNX Runtime's frames (and so the session): drop it, so the
+            # session can be released before interpreter shutdown, where freeing it aborts.
+            result.clear()
+            raise
+        if "error" in result:
+            why = summary_line(result.pop("error"))  # type: ignore[arg-type]
+            raise D3DError(f"ONNX Runtime failed: {why}")
+        return result["y"]  # type: ignore[return-value]
+
+    def close(self) -> None:
+        import gc
+
+        super().close()
+        # Release the session (and its threads) now: freed during interpreter shutdown it can abort.
+        self._session = None
+        gc.collect()
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.device}, {self.flavour}, {self.precision})"
+
+
+def _create(source, options: OrtOptions) -> OrtRunner:
+    from d3d.runtime.models import onnx_for
+
+    return OrtRunner(onnx_for(source, portable=options.portable), options)
+
+
+def _create_portable(source, options: OrtOptions) -> OrtRunner:
+    options.portable = True
+    return _create(source, options)
+
+
+def _unavailable() -> str | None:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "onnxruntime is not installed"
+    return None
+
+
+BACKENDS = [
+    Backend(
+        "onnxruntime",
+        "ONNX Runtime with the custom DeformConv3d op (CPU; CUDA EP where present)",
+        OrtOptions,
+        _create,
+        _unavailable,
+    ),
+    Backend(
+        "onnxruntime-portable",
+        "ONNX Runtime on the standard-ops (GridSample) export of a checkpoint",
+        OrtOptions,
+        _create_portable,
+        _unavailable,
+    ),
+]
