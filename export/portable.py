@@ -36,6 +36,8 @@ Form = Literal["frames", "volume"]
 # "auto": frame-wise where T is not deformed. "volume" forces the 5-D form everywhere: the form before
 # issue 12, kept selectable for benchmarks that compare the two side by side.
 _form_override: contextvars.ContextVar[Form | None] = contextvars.ContextVar("d3d_portable_form", default=None)
+
+
 @contextlib.contextmanager
 def forced_form(form: Form | None) -> Iterator[None]:
     """Within the block, every portable layer uses ``form`` (None: the automatic choice)."""

@@ -19,7 +19,7 @@ from d3d.cli import main as cli
 from d3d.errors import D3DError
 from d3d.export import ExportOptions, export_onnx, portable_form
 from d3d.export.exporter import describe_portable
-from d3d.export.portable import deform_conv3d_portable, form_for, forced_form
+from d3d.export.portable import deform_conv3d_portable, forced_form, form_for
 from d3d.reference import deform_conv3d_reference
 
 SIZES = [(24, 40), (37, 29)]  # two H x W through the same dynamic-shape file
@@ -36,7 +36,9 @@ LAYERS = [
 
 def _layer_inputs(spec, deform_dims: str, gen: torch.Generator, dtype=torch.float64):
     n, c, o, t, h, w, k, stride, pad, dil, groups, ogroups = spec
-    out = [(s + 2 * p - d * (kk - 1) - 1) // st + 1 for s, p, d, kk, st in zip((t, h, w), pad, dil, k, stride)]
+    out = [
+        (s + 2 * p - d * (kk - 1) - 1) // st + 1 for s, p, d, kk, st in zip((t, h, w), pad, dil, k, stride, strict=True)
+    ]
     x = torch.randn(n, c, t, h, w, generator=gen, dtype=dtype)
     weight = torch.randn(o, c // groups, *k, generator=gen, dtype=dtype)
     bias = torch.randn(o, generator=gen, dtype=dtype)
@@ -61,7 +63,8 @@ def test_volumetric_form_matches_reference(deform_dims, gen):
     assert form_for(deform_dims) == "volume"
     for spec in LAYERS[:3]:
         args = _layer_inputs(spec, deform_dims, gen)
-        torch.testing.assert_close(deform_conv3d_portable(*args), deform_conv3d_reference(*args), rtol=1e-10, atol=1e-10)
+        expected = deform_conv3d_reference(*args)
+        torch.testing.assert_close(deform_conv3d_portable(*args), expected, rtol=1e-10, atol=1e-10)
 
 
 def test_forced_volumetric_form_still_matches(gen):
@@ -162,7 +165,8 @@ def test_default_d3dnet_portable_model_has_only_4d_grid_sample(tmp_path):
     # Ten DeformConv3d layers (5 blocks x 2), three kernel time indices each.
     assert ranks == [(4, 4)] * 30
     assert all(n.domain in ("", "ai.onnx") for n in proto.graph.node)
-    modes = {onnx.helper.get_attribute_value(a) for n in proto.graph.node if n.op_type == "GridSample" for a in n.attribute}
+    samplers = [n for n in proto.graph.node if n.op_type == "GridSample"]
+    modes = {onnx.helper.get_attribute_value(a) for n in samplers for a in n.attribute}
     assert modes == {b"bilinear", b"zeros", 0}  # GridSample-16: mode, padding_mode, align_corners
     assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [18]
     assert portable_form(proto) == "4-D GridSample, one per kernel time index (10 DeformConv3d layers)"
