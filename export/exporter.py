@@ -169,8 +169,8 @@ def describe_portable(deform_dims: list[str], opset: int) -> str:
         return note
     why = "they deform T" if all("T" in dims for dims in volume) else "5-D form forced"
     return (
-        f"5-D GridSample in {len(volume)} of {len(deform_dims)} DeformConv3d layers ({why}): runtimes with 4-D "
-        "GridSample only (stock TensorRT, OpenVINO, ONNX Runtime's CUDA provider before 2026) refuse it"
+        f"5-D GridSample in {len(volume)} of {len(deform_dims)} DeformConv3d layers ({why}): stock TensorRT and "
+        "OpenVINO (4-D GridSample only) refuse it; ONNX Runtime's CUDA provider runs it on the GPU only since 2026"
     )
 
 
