@@ -4,7 +4,7 @@
 
 "before": every DeformConv3d as one 5-D GridSample over all 27 taps plus one 1x1x1 Conv (opset 20), the
 form the exporter wrote until then. "after": what ``d3d export --portable`` writes now for D3Dnet, one
-4-D GridSample and one 1x1 Conv per kernel time index, partial outputs summed (opset 18). Same model
+4-D GridSample and one 1x1x1 Conv per kernel time index, partial outputs summed (opset 18). Same model
 (the paper's x4 D3Dnet, seeded random weights as ``d3d bench`` uses), same input window.
 
 Each model runs in its own process that imports ONNX Runtime and NumPy only, so its peak resident

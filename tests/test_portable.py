@@ -14,7 +14,7 @@ import onnx
 import pytest
 import torch
 
-from d3d import D3Dnet, DeformConv3dPack
+from d3d import D3Dnet, DeformConv3d, DeformConv3dPack
 from d3d.cli import main as cli
 from d3d.errors import D3DError
 from d3d.export import ExportOptions, export_onnx, portable_form
@@ -282,3 +282,48 @@ def test_cli_export_portable_says_which_form(tmp_path, capsys):
     assert "opset 18" in printed and "dynamic batch/height/width" in printed
     assert "portable form: 4-D GridSample, one per kernel time index (2 DeformConv3d layers)" in printed
     assert out.is_file()
+
+
+class _Layer(torch.nn.Module):
+    """One DeformConv3d with its offsets as a second input, for a layer-level ONNX export."""
+
+    def __init__(self, spec, deform_dims: str) -> None:
+        super().__init__()
+        _, c, o, _, _, _, k, stride, pad, dil, groups, ogroups = spec
+        self.layer = DeformConv3d(c, o, k, stride, pad, dil, groups, ogroups, deform_dims)
+
+    def forward(self, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        return self.layer(x, offset)
+
+
+def test_strided_grouped_layer_exports_with_dynamic_shapes(tmp_path, gen):
+    """Stride 2 and dilation 2 in T, groups and offset groups, through torch.onnx.export with dynamic
+    batch/H/W (example batch 1), then ONNX Runtime at other batch and frame sizes vs the reference."""
+    import onnxruntime as ort
+
+    from d3d.export.symbolic import export_flavour
+
+    # kernel (2, 3, 3), stride (2, 2, 1), padding (2, 1, 1), dilation (2, 1, 2), groups 3, offset groups 2
+    spec = (1, 6, 6, 7, 11, 13, (2, 3, 3), (2, 2, 1), (2, 1, 1), (2, 1, 2), 3, 2)
+    module = _Layer(spec, "HW").eval()
+    x, offset, *_ = _layer_inputs(spec, "HW", gen, dtype=torch.float32)
+    dim = torch.export.Dim
+    batch, hh, ww = dim("batch", min=1, max=8), dim("height", min=6, max=64), dim("width", min=6, max=64)
+    oh, ow = dim("oh", min=3, max=64), dim("ow", min=3, max=64)
+    shapes = {"x": {0: batch, 3: hh, 4: ww}, "offset": {0: batch, 3: oh, 4: ow}}
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with export_flavour(True), torch.no_grad():
+        program = torch.onnx.export(module, (x, offset), dynamo=True, opset_version=18, dynamic_shapes=shapes)
+    proto = program.model_proto
+    assert _dims(proto.graph.input[0])[0] == "batch" and _dims(proto.graph.input[1])[0] == "batch"
+    assert _grid_sample_ranks(proto) == [(4, 4)] * 2  # kT = 2
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    for n, h, w in [(2, 11, 13), (3, 9, 8)]:
+        args = _layer_inputs((n, *spec[1:4], h, w, *spec[6:]), "HW", gen, dtype=torch.float32)
+        got = session.run(None, dict(zip(names, (args[0].numpy(), args[1].numpy()), strict=True)))[0]
+        with torch.no_grad():
+            expected = deform_conv3d_reference(
+                args[0], args[1], module.layer.weight, module.layer.bias, *spec[7:], "HW"
+            )
+        np.testing.assert_allclose(got, expected.numpy(), atol=1e-4, rtol=1e-3)
