@@ -42,6 +42,7 @@ def _worker(spec: dict) -> tuple[dict, object]:
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = spec["threads"]
+    options.enable_cpu_mem_arena = spec["arena"]
     session = ort.InferenceSession(spec["model"], options, providers=["CPUExecutionProvider"])
     loaded = status_mb("VmRSS")
     h, w = spec["size"]
@@ -99,6 +100,9 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=3, help="timed windows per model")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    ap.add_argument(
+        "--no-arena", action="store_true", help="ONNX Runtime without its CPU memory arena (plain malloc/free)"
+    )
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -119,6 +123,7 @@ def main() -> None:
                 "model": str(path),
                 "size": [h, w],
                 "threads": args.threads,
+                "arena": not args.no_arena,
                 "warmup": args.warmup,
                 "iterations": args.iterations,
                 "output": str(Path(tmp) / f"{name}.npy"),
@@ -139,7 +144,10 @@ def main() -> None:
         outputs = [np.load(Path(tmp) / f"{name}.npy") for name in FORMS]
         max_diff = float(np.abs(outputs[0] - outputs[1]).max())
     print(f"{_cpu()}, {os.cpu_count()} CPUs, {args.threads} threads, onnxruntime {results['after']['onnxruntime']}")
-    print(f"LR {h}x{w} -> HR {4 * h}x{4 * w}, {args.iterations} timed windows after {args.warmup} warm-up")
+    arena = "without" if args.no_arena else "with"
+    print(
+        f"LR {h}x{w} -> HR {4 * h}x{4 * w}, {args.iterations} timed windows after {args.warmup} warm-up, {arena} arena"
+    )
     head = f"{'model':<8} {'form':<46} {'p50 s':>8} {'min s':>8} {'peak MB':>8} {'loaded MB':>9} {'load 1m':>11}"
     print(head)
     print("-" * len(head))
@@ -155,7 +163,14 @@ def main() -> None:
         f"{after['peak_rss_mb'] / before['peak_rss_mb']:.2f}x; outputs differ by at most {max_diff:.1e}"
     )
     if args.json:
-        report = {"size": [h, w], "threads": args.threads, "cpu": _cpu(), "max_abs_diff": max_diff, "results": results}
+        report = {
+            "size": [h, w],
+            "threads": args.threads,
+            "arena": not args.no_arena,
+            "cpu": _cpu(),
+            "max_abs_diff": max_diff,
+            "results": results,
+        }
         args.json.write_text(json.dumps(report, indent=1))
 
 
