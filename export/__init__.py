@@ -9,6 +9,7 @@ from d3d.export.exporter import (
     has_custom_nodes,
     load_model,
     model_config,
+    portable_form,
     save_model,
 )
 from d3d.export.schema import register_schema
@@ -21,6 +22,7 @@ __all__ = [
     "has_custom_nodes",
     "load_model",
     "model_config",
+    "portable_form",
     "register_schema",
     "save_model",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import warnings
@@ -16,14 +17,21 @@ import torch
 import d3d
 from d3d.atomic import atomic_write
 from d3d.errors import D3DError, summary_line
+from d3d.export.portable import form_for, restore_sliced_weights
 from d3d.export.schema import DOMAIN, register_schema
 from d3d.export.symbolic import export_flavour
 from d3d.export.validate import check_custom_nodes
 from d3d.model import D3Dnet
+from d3d.modules import DeformConv3d
 
 MIN_OPSET = 18
 MAX_OPSET = 23
-MIN_OPSET_PORTABLE = 20  # 5-D GridSample
+DEFAULT_OPSET = 20
+MIN_OPSET_VOLUME = 20  # 5-D GridSample (the portable form of layers that deform T)
+# A frame-wise portable model defaults to GridSample-16 (mode "bilinear"): stock TensorRT's ONNX parser
+# reads GridSample-20's "linear" as nearest (NVIDIA/TensorRT#4646), ONNX Runtime's CUDA provider had no
+# GridSample-20 kernel before 2026, and OpenVINO imports GridSample-20 only since 2026 (see docs/PORTABLE.md).
+PORTABLE_OPSET = 18
 INPUT_NAME = "lr"
 OUTPUT_NAME = "sr"
 
@@ -33,11 +41,14 @@ META_CHECKPOINT = "d3d.checkpoint_sha256"
 META_TOOLCHAIN = "d3d.toolchain"
 META_IO = "d3d.io"
 META_ALIASES = "d3d.param_aliases"
+META_PORTABLE = "d3d.portable_form"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ExportOptions:
-    opset: int = 20
+    opset: int | None = None  # None: DEFAULT_OPSET, or PORTABLE_OPSET for a frame-wise portable model
     dynamic: bool = True  # dynamic batch, height and width; the frame count is fixed by the model
     portable: bool = False
     batch: int = 1  # example (and, when static, fixed) input size
@@ -53,10 +64,30 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def check_opset(opset: int, portable: bool) -> None:
-    low = MIN_OPSET_PORTABLE if portable else MIN_OPSET
+def _deform_layers(model: torch.nn.Module) -> list[DeformConv3d]:
+    return [m for m in model.modules() if isinstance(m, DeformConv3d)]
+
+
+def needs_volume(model: torch.nn.Module) -> bool:
+    """Whether the portable flavour of ``model`` holds 5-D GridSample (a layer deforms T), so needs opset 20."""
+    return any(form_for(m.deform_dims) == "volume" for m in _deform_layers(model))
+
+
+def resolve_opset(options: ExportOptions, model: torch.nn.Module) -> int:
+    """The opset an export of ``model`` with ``options`` uses (checked)."""
+    volume = options.portable and needs_volume(model)
+    opset = options.opset
+    if opset is None:
+        opset = PORTABLE_OPSET if options.portable and not volume else DEFAULT_OPSET
+    check_opset(opset, options.portable, volume)
+    return opset
+
+
+def check_opset(opset: int, portable: bool, volume: bool = False) -> None:
+    """``volume``: the portable model will hold 5-D GridSample (opset 20: GridSample-16 is 4-D only)."""
+    low = MIN_OPSET_VOLUME if portable and volume else MIN_OPSET
     if not low <= opset <= MAX_OPSET:
-        flavour = "the portable flavour (5-D GridSample)" if portable else "export"
+        flavour = "a portable model that deforms T (5-D GridSample)" if portable and volume else "export"
         raise D3DError(f"opset {opset} is not supported for {flavour}: use {low}..{MAX_OPSET}")
 
 
@@ -70,8 +101,8 @@ def export_onnx(
 
     Input ``lr``: ``[N, C, frames, H, W]`` (Y channel in [0, 1]); output ``sr``: ``[N, C, s*H, s*W]``.
     """
-    check_opset(options.opset, options.portable)
     model = model.eval()
+    opset = resolve_opset(options, model)
     cfg = model.config
     x = torch.rand(options.batch, cfg.in_channels, cfg.frames, options.height, options.width)
     dynamic_shapes = None
@@ -87,7 +118,7 @@ def export_onnx(
                 model,
                 (x,),
                 dynamo=True,
-                opset_version=options.opset,
+                opset_version=opset,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
                 dynamic_shapes=dynamic_shapes,
@@ -97,6 +128,8 @@ def export_onnx(
         except Exception as exc:  # the exporter wraps everything in its own error types
             raise D3DError(f"ONNX export failed: {summary_line(exc)}") from exc
     proto = program.model_proto
+    if options.dynamic:
+        _check_dynamic(proto)
     meta = {
         META_CONFIG: json.dumps(cfg.as_dict(), sort_keys=True),
         META_FLAVOUR: "portable" if options.portable else "custom",
@@ -106,6 +139,12 @@ def export_onnx(
     }
     if checkpoint_sha256:
         meta[META_CHECKPOINT] = checkpoint_sha256
+    if options.portable:
+        meta[META_PORTABLE] = describe_portable([m.deform_dims for m in _deform_layers(model)], opset)
+        log.info("portable model: %s", meta[META_PORTABLE])
+        # The optimizer folds small weights' per-frame slices into new tensors; put the weight back
+        # under its own name so the PyTorch model can be rebuilt from the file (d3d verify).
+        restore_sliced_weights(proto, model.state_dict())
     aliases = _param_aliases(model, proto)
     if aliases:
         meta[META_ALIASES] = json.dumps(aliases, sort_keys=True)
@@ -116,6 +155,39 @@ def export_onnx(
     onnx.checker.check_model(proto, full_check=True)
     save_model(proto, path)
     return proto
+
+
+def describe_portable(deform_dims: list[str], opset: int) -> str:
+    """One line on the GridSample form of a portable model whose DeformConv3d layers deform ``deform_dims``."""
+    volume = [dims for dims in deform_dims if form_for(dims) == "volume"]
+    if not volume:
+        note = f"4-D GridSample, one per kernel time index ({len(deform_dims)} DeformConv3d layers)"
+        if opset >= 20:
+            note += (
+                f"; opset {opset} makes it GridSample-20, which stock TensorRT reads as nearest and older ONNX "
+                f"Runtime CUDA and OpenVINO releases refuse or run on the CPU: use opset {PORTABLE_OPSET} for them"
+            )
+        return note
+    why = "they deform T" if all("T" in dims for dims in volume) else "5-D form forced"
+    return (
+        f"5-D GridSample in {len(volume)} of {len(deform_dims)} DeformConv3d layers ({why}): stock TensorRT and "
+        "OpenVINO (4-D GridSample only) refuse it; ONNX Runtime's CUDA provider runs it on the GPU only since 2026"
+    )
+
+
+def _check_dynamic(proto: onnx.ModelProto) -> None:
+    # torch.onnx.export fixes a dim it cannot trace symbolically (to the example's size) instead of
+    # failing; a file that silently takes one batch size or frame size only must not be written.
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    fixed = [f"{name} {dims[axis].dim_value}" for axis, name in ((0, "batch"), (3, "height"), (4, "width"))]
+    fixed = [text for text, axis in zip(fixed, (0, 3, 4), strict=True) if not dims[axis].dim_param]
+    if fixed:
+        raise D3DError(f"ONNX export could not keep the input dynamic (it fixed {', '.join(fixed)}); use --static")
+
+
+def portable_form(proto: onnx.ModelProto) -> str | None:
+    """The exporter's note on which GridSample form a portable model holds (None for other files)."""
+    return {p.key: p.value for p in proto.metadata_props}.get(META_PORTABLE)
 
 
 def _param_aliases(model: D3Dnet, proto: onnx.ModelProto) -> dict[str, str]:

@@ -13,9 +13,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", nargs="?", type=Path, help="D3Dnet checkpoint (.pth.tar or state dict)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="ONNX file to write")
     add_output_flags(parser)
-    parser.add_argument("--opset", type=int, default=20, help="ONNX opset (18..23; portable needs >= 20)")
     parser.add_argument(
-        "--portable", action="store_true", help="standard ONNX ops only (GridSample + Conv), no custom domain"
+        "--opset",
+        type=int,
+        help="ONNX opset, 18..23 (default: 20; 18 for --portable, whose 4-D GridSample then is GridSample-16, "
+        "or 20 where a layer deforms T)",
+    )
+    parser.add_argument(
+        "--portable",
+        action="store_true",
+        help="standard ONNX ops only (GridSample + Conv, for stock TensorRT, ONNX Runtime, OpenVINO), no custom domain",
     )
     parser.add_argument("--static", action="store_true", help="fixed input shape instead of dynamic batch/H/W")
     parser.add_argument("--batch", type=positive_int, default=1, help="example / static batch size")
@@ -43,10 +50,11 @@ def run(args: argparse.Namespace) -> int:
 
     from d3d import D3Dnet, load_checkpoint
     from d3d.errors import D3DError
-    from d3d.export import ExportOptions, check_opset, export_onnx, file_sha256
+    from d3d.export import ExportOptions, check_opset, export_onnx, file_sha256, portable_form
     from d3d.outputs import check_target
 
-    check_opset(args.opset, args.portable)  # before any slow work
+    if args.opset is not None:
+        check_opset(args.opset, args.portable)  # before any slow work
     if args.random_init and args.checkpoint is not None:
         raise D3DError(f"conflicting model sources: --random-init and checkpoint {args.checkpoint}; give exactly one")
     if not args.random_init and args.checkpoint is None:
@@ -83,5 +91,8 @@ def run(args: argparse.Namespace) -> int:
     custom = sum(1 for n in proto.graph.node if n.domain == "d3d")
     flavour = "portable (standard ops)" if args.portable else f"custom op ({custom} DeformConv3d nodes)"
     shape = "static" if args.static else "dynamic batch/height/width"
-    print(f"wrote {args.output}: {flavour}, opset {args.opset}, {shape}, from {source}")
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    print(f"wrote {args.output}: {flavour}, opset {opset}, {shape}, from {source}")
+    if args.portable:
+        print(f"portable form: {portable_form(proto)}")
     return 0
