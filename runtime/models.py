@@ -21,8 +21,8 @@ logger = logging.getLogger(__name__)
 
 RANDOM_SEED = 0
 SHIPPED_MODEL = Path(d3d.__file__).resolve().parent / "models" / "d3dnet_x4.pth.tar"
-# The custom-op flavour runs the shared kernel (about 3x faster on the CPU than the portable graph,
-# measured in docs/PERFORMANCE.md).
+# The custom-op flavour runs the shared kernel, faster on the CPU than the portable graph (side-by-side
+# figures in docs/PERFORMANCE.md).
 ORT_FLAVOUR_PORTABLE = False
 # Modules whose code shapes an exported file: their installed sources key the ONNX cache.
 EXPORT_CODE_MODULES = (
