@@ -220,17 +220,3 @@ def test_cli_verify_with_rtx_build(exported, tmp_path, capsys):
     # The custom-op model cannot be checked by TensorRT-RTX (no plugin support): a clear refusal.
     assert cli(["verify", str(paths[False]), "--shapes", "24x24", "--no-real-frames", "--rtx-build"]) == 1
     assert "checks portable models only" in capsys.readouterr().err
-
-
-def _wants_a_list(x):
-    raise RuntimeError("this onnxruntime-extensions build wants a list")
-
-
-@pytest.mark.parametrize("probe,expected", [(lambda x: x, True), (lambda x: x + 1, False), (_wants_a_list, False)])
-def test_buffer_return_probe_falls_back_to_lists(probe, expected, monkeypatch):
-    """The list-free return is used only where the probe's identity op round-trips exactly."""
-    import d3d.runtime.ort as ort_runtime
-
-    monkeypatch.setattr(ort_runtime, "_fast_return", ort_runtime._fast_return)  # restored afterwards
-    assert ort_runtime._probe_fast_return(probe) is expected
-    assert ort_runtime._fast_return is expected
