@@ -7,10 +7,10 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <random>
 #include <thread>
 #include <utility>
-#include <ctime>
 #include <vector>
 
 #include "cblas.h"

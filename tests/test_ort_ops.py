@@ -76,7 +76,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(
-    "case,dims", list(itertools.product(CASES[:4], ["T", "H", "W", "TH", "TW", "HW", "THW"])) + [(CASES[4], "HW")]
+    "case,dims", [*itertools.product(CASES[:4], ["T", "H", "W", "TH", "TW", "HW", "THW"]), (CASES[4], "HW")]
 )
 def test_op_equals_reference(gen, case, dims):
     n, c, o, size, k, st, pd, dl, g, og, with_bias = case
@@ -127,7 +127,9 @@ def test_bad_attribute_is_an_exception_at_session_creation(bad, message):
 
 
 def test_bad_input_shape_is_an_exception_at_run_time():
-    proto = _node_model(_attrs((1, 1, 1), (1, 1, 1), (1, 1, 1), 1, 1, "HW"), np.zeros((2, 2, 3, 3, 3), np.float32), None)
+    proto = _node_model(
+        _attrs((1, 1, 1), (1, 1, 1), (1, 1, 1), 1, 1, "HW"), np.zeros((2, 2, 3, 3, 3), np.float32), None
+    )
     sess = create_session(proto)
     x = np.zeros((1, 2, 3, 4, 5), np.float32)
     with pytest.raises(Exception, match="offset has 27 channels, expected"):
@@ -142,8 +144,10 @@ def test_missing_library_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("D3D_BUILD_DIR", str(tmp_path))
     monkeypatch.delenv("D3D_ORT_OPS", raising=False)
     monkeypatch.setattr(nl, "PACKAGE_DIR", tmp_path)
-    proto = _node_model(_attrs((1, 1, 1), (1, 1, 1), (1, 1, 1), 1, 1, "HW"), np.zeros((2, 2, 3, 3, 3), np.float32), None)
-    with pytest.raises(D3DError, match="libd3d_ort_ops.so was not found; build it with `make cpp-test`"):
+    proto = _node_model(
+        _attrs((1, 1, 1), (1, 1, 1), (1, 1, 1), 1, 1, "HW"), np.zeros((2, 2, 3, 3, 3), np.float32), None
+    )
+    with pytest.raises(D3DError, match=r"libd3d_ort_ops\.so was not found; build it with `make cpp-test`"):
         create_session(proto)
 
 
@@ -226,7 +230,11 @@ def test_exported_model_runs_in_plain_onnxruntime_from_a_copied_folder(plain_ven
     script.write_text(_PLAIN_ORT)
     args = [str(folder / LIB.name), str(onnx_path), str(tmp_path / "ref.npz"), str(tmp_path / "bad.onnx")]
     proc = subprocess.run(
-        [str(plain_venv), str(script), *args], capture_output=True, text=True, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}
+        [str(plain_venv), str(script), *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin"},
     )
     assert proc.returncode == 0, f"exit {proc.returncode} (an abort is -6): {proc.stderr[-2000:]}"
     result = json.loads(proc.stdout.strip().splitlines()[-1])

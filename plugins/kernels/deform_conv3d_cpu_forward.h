@@ -12,8 +12,8 @@
 #pragma once
 
 #include <algorithm>
-#include <cmath>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <new>
@@ -220,8 +220,8 @@ scalar_t* tile_buffer(size_t elems) {
 // Returns "" or the reason it failed (memory for the tile buffer); never throws.
 template <typename scalar_t, typename ParFor, typename Gemm>
 std::string forward_fused(const DeformConv3dShape& s, const scalar_t* x, const scalar_t* offset, const scalar_t* weight,
-                    const scalar_t* bias, scalar_t* y, scalar_t* scratch, const ParFor& par, const Gemm& gemm,
-                    int64_t tile = kTilePositions) {
+                          const scalar_t* bias, scalar_t* y, scalar_t* scratch, const ParFor& par, const Gemm& gemm,
+                          int64_t tile = kTilePositions) {
   using acc_t = typename AccType<scalar_t>::type;
   tile = std::max<int64_t>(1, std::min(tile, kTilePositions));
   const int64_t K = s.taps(), L = s.out_spatial(), V = s.in_spatial(), R = s.col_rows();

@@ -33,8 +33,7 @@ OrtStatus* fail(OrtErrorCode code, const std::string& msg) {
 
 // --- OpenBLAS, loaded at registration from the folder of this library --------------------------------
 
-using SgemmFn = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*,
-                         int);
+using SgemmFn = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
 using SetThreadsFn = void (*)(int);
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;  // CBLAS enum values
 constexpr const char* kBlasFile = "libscipy_openblas.so";
@@ -386,7 +385,7 @@ bool cuda_provider_available() {
 }  // namespace d3d
 
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
-                                                                                           const OrtApiBase* base) {
+                                                                                            const OrtApiBase* base) {
   using namespace d3d::ort;
   const OrtApi* api = base->GetApi(ORT_API_VERSION);
   if (api == nullptr) {
