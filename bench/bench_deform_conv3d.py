@@ -25,13 +25,20 @@ import torch.nn.functional as F
 
 
 def _median_time(fn, repeat: int) -> float:
+    """Median wall time of fn after a warm-up; the median process CPU time of the same calls is kept in
+    _CPU[-1] (on a shared machine CPU time moves less with the other load than wall time does)."""
     fn()  # warm-up
-    times = []
+    wall, cpu = [], []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    _CPU.append(statistics.median(cpu))
+    return statistics.median(wall)
+
+
+_CPU: list[float] = []
 
 
 def _ort_session(w: np.ndarray, b: np.ndarray, threads: int):
@@ -109,10 +116,13 @@ def main() -> None:
         row = {"lr": [h, wd]}
         with torch.no_grad():
             row["torch_op_s"] = _median_time(partial(deform_conv3d, x, off, w, b, **kw), args.repeat)
+            row["torch_op_cpu_s"] = _CPU[-1]
             row["conv3d_s"] = _median_time(partial(F.conv3d, x, w, b, padding=1), args.repeat)
+            row["conv3d_cpu_s"] = _CPU[-1]
             if sess is not None:
                 feed = {"x": x.numpy(), "offset": off.numpy()}
                 row["ort_op_s"] = _median_time(partial(sess.run, None, feed), args.repeat)
+                row["ort_op_cpu_s"] = _CPU[-1]
             if args.reference:
                 ref = partial(deform_conv3d_reference, x, off, w, b, **kw)
                 row["reference_s"] = _median_time(ref, max(1, args.repeat // 2))
@@ -122,6 +132,11 @@ def main() -> None:
             f"{h}x{wd:<5} {row['torch_op_s'] * 1e3:12.1f} {ort_ms} {row['conv3d_s'] * 1e3:10.1f} "
             f"{row['torch_op_s'] / row['conv3d_s']:10.2f}x {ort_ratio}"
             + (f"  reference {row['reference_s'] * 1e3:.0f} ms" if "reference_s" in row else "")
+        )
+        cpu = {k[:-6]: v for k, v in row.items() if k.endswith("_cpu_s")}
+        print(
+            f"{'':8} CPU time: "
+            + ", ".join(f"{k} {v * 1e3:.1f} ms ({v / cpu['conv3d']:.2f}x conv3d)" for k, v in cpu.items())
         )
         rows.append(row)
     if args.json:

@@ -26,13 +26,20 @@ import torch.nn.functional as F
 
 
 def _median_time(fn, repeat: int) -> float:
-    fn()
-    times = []
+    """Median wall time of fn after a warm-up; the median process CPU time of the same calls is kept in
+    _CPU[-1] (on a shared machine CPU time moves less with the other load than wall time does)."""
+    fn()  # warm-up
+    wall, cpu = [], []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    _CPU.append(statistics.median(cpu))
+    return statistics.median(wall)
+
+
+_CPU: list[float] = []
 
 
 def _dense_forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -72,9 +79,11 @@ def main() -> None:
         hook.remove()
         row["mean_abs_offset_px_first_layer"] = seen[0]
         row["pytorch_s"] = _median_time(lambda: model(x), args.repeat)
+        row["pytorch_cpu_s"] = _CPU[-1]
         for m in packs:
             m.forward = _dense_forward.__get__(m)
         row["dense_twin_s"] = _median_time(lambda: model(x), args.repeat)
+        row["dense_twin_cpu_s"] = _CPU[-1]
         for m in packs:
             del m.forward
     if not args.no_ort:
@@ -88,6 +97,7 @@ def main() -> None:
             sess = create_session(load_model(path), threads=torch.get_num_threads())
         feed = {sess.get_inputs()[0].name: x.numpy()}
         row["onnxruntime_s"] = _median_time(lambda: sess.run(None, feed), args.repeat)
+        row["onnxruntime_cpu_s"] = _CPU[-1]
     print(f"LR {h}x{w}, {row['threads']} threads, load average {row['load_avg']:.2f} at start")
     print(f"mean |offset| of the first deformable layer: {row['mean_abs_offset_px_first_layer']:.2f} px")
     print(f"PyTorch model      {row['pytorch_s'] * 1e3:8.0f} ms")
@@ -96,6 +106,8 @@ def main() -> None:
     if "onnxruntime_s" in row:
         ort_ratio = row["onnxruntime_s"] / row["pytorch_s"]
         print(f"ONNX Runtime       {row['onnxruntime_s'] * 1e3:8.0f} ms   (ORT / PyTorch {ort_ratio:.2f}x)")
+    cpu = {k[:-6]: v for k, v in row.items() if k.endswith("_cpu_s")}
+    print("CPU time: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in cpu.items()))
     if args.json:
         Path(args.json).write_text(json.dumps(row, indent=1))
 

@@ -9,7 +9,6 @@
 #include <dlfcn.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -19,6 +18,7 @@
 
 #include "deform_conv3d_attrs.h"
 #include "deform_conv3d_cpu_forward.h"
+#include "deform_conv3d_openblas.h"
 #include "deform_conv3d_ort.h"
 
 namespace d3d {
@@ -31,74 +31,17 @@ OrtStatus* fail(OrtErrorCode code, const std::string& msg) {
   return g_api->CreateStatus(code, (std::string(kOpType) + ": " + msg).c_str());
 }
 
-// --- OpenBLAS, loaded at registration from the folder of this library --------------------------------
+// --- OpenBLAS, loaded from the folder of this library ----------------------------------------------
 
-using SgemmFn = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
-using SetThreadsFn = void (*)(int);
-constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;  // CBLAS enum values
 constexpr const char* kBlasFile = "libscipy_openblas.so";
-
-struct Blas {
-  SgemmFn sgemm = nullptr;
-  std::string error;
-};
 
 std::string own_folder() {
   Dl_info info;
-  if (dladdr(reinterpret_cast<void*>(&own_folder), &info) == 0 || info.dli_fname == nullptr) return "";
-  std::string path = info.dli_fname;
+  if (dladdr(reinterpret_cast<void*>(&own_folder), &info) == 0 || info.dli_fname == nullptr) return ".";
+  const std::string path = info.dli_fname;
   const size_t slash = path.rfind('/');
   return slash == std::string::npos ? std::string(".") : path.substr(0, slash);
 }
-
-bool has_avx512() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-#else
-  return false;
-#endif
-}
-
-const Blas& blas() {
-  static Blas b;
-  static std::once_flag once;
-  std::call_once(once, [] {
-    const std::string path = own_folder() + "/" + kBlasFile;
-    // OpenBLAS picks its kernels when it loads, and 0.3.34 does not know AMD's Zen 5: it falls back to
-    // AVX2 kernels at half the speed. On a CPU with AVX-512, ask for its AVX-512 kernels unless the
-    // user chose (OPENBLAS_CORETYPE); the variable is restored right after loading.
-    const bool hint = std::getenv("OPENBLAS_CORETYPE") == nullptr && has_avx512();
-    if (hint) setenv("OPENBLAS_CORETYPE", "SkylakeX", 0);
-    void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (hint) unsetenv("OPENBLAS_CORETYPE");
-    if (h == nullptr) {
-      const char* why = dlerror();
-      b.error = "cannot load " + path + " (" + (why ? why : "unknown error") +
-                "); keep the OpenBLAS library that the build put beside libd3d_ort_ops.so";
-      return;
-    }
-    b.sgemm = reinterpret_cast<SgemmFn>(dlsym(h, "scipy_cblas_sgemm"));
-    auto set_threads = reinterpret_cast<SetThreadsFn>(dlsym(h, "scipy_openblas_set_num_threads"));
-    if (b.sgemm == nullptr || set_threads == nullptr) {
-      b.sgemm = nullptr;
-      b.error = path + " lacks scipy_cblas_sgemm / scipy_openblas_set_num_threads (not a scipy-openblas32 build)";
-      return;
-    }
-    set_threads(1);  // each GEMM runs on the ONNX Runtime worker that calls it
-  });
-  return b;
-}
-
-struct BlasGemm {
-  SgemmFn sgemm;
-  void operator()(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-                  int64_t ldc) const {
-    sgemm(kRowMajor, kNoTrans, kTrans, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), 1.0f, a,
-          static_cast<int>(lda), b, static_cast<int>(ldb), 0.0f, c, static_cast<int>(ldc));
-  }
-};
 
 // The kernel's parallel-for on ONNX Runtime's intra-op pool: one pool task per item.
 struct OrtFor {
@@ -269,13 +212,13 @@ struct Kernel {
 };
 
 OrtStatus* compute_cpu(OrtKernelContext* ctx, const Problem& p) {
-  const Blas& b = blas();
-  if (b.sgemm == nullptr) return fail(ORT_FAIL, b.error);
+  const cpu::OpenBlas& b = cpu::load_openblas(own_folder() + "/" + kBlasFile);
+  if (b.sgemm == nullptr) return fail(ORT_FAIL, b.error + "; keep it beside libd3d_ort_ops.so");
   const DeformConv3dShape& s = p.shape;
   std::unique_ptr<float[]> scratch(new (std::nothrow) float[cpu::forward_scratch_elems(s)]);
   if (!scratch) return fail(ORT_FAIL, "out of memory for the channels-last input copy");
-  const std::string err =
-      cpu::forward_fused(s, p.x, p.offset, p.weight, p.bias, p.y, scratch.get(), OrtFor{ctx}, BlasGemm{b.sgemm});
+  const std::string err = cpu::forward_fused(s, p.x, p.offset, p.weight, p.bias, p.y, scratch.get(), OrtFor{ctx},
+                                             cpu::OpenBlasGemm{b.sgemm});
   return err.empty() ? nullptr : fail(ORT_FAIL, err);
 }
 

@@ -9,14 +9,17 @@
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
 
 #include "deform_conv3d_attrs.h"
 #include "deform_conv3d_cpu.h"
 #include "deform_conv3d_cpu_forward.h"
 #include "deform_conv3d_op.h"
+#include "deform_conv3d_openblas.h"
 
 namespace d3d {
 namespace torch_op {
@@ -34,14 +37,21 @@ struct AtenFor {
   }
 };
 
-// The fused forward's GEMM: C[m x n] = A[m x k] . B[n x k]^T (row-major) as at::mm_out on views of
-// the buffers (ATen passes the strides to MKL, no copies). Called inside at::parallel_for, where MKL
-// runs on the calling thread.
+// The fused forward's GEMM: C[m x n] = A[m x k] . B[n x k]^T (row-major). fp32 goes to OpenBLAS (the
+// scipy-openblas32 wheel's, as in the ONNX Runtime library; d3d/_native.py names it in
+// $D3D_OPENBLAS_LIBRARY) where it
+// loads: MKL runs its AVX2 code on AMD CPUs, at about 60 % of OpenBLAS's AVX-512 kernels there. Other
+// types, or no OpenBLAS: at::mm_out on views of the buffers (ATen passes the strides to MKL, no
+// copies). Called inside at::parallel_for, so each GEMM runs on the calling thread.
 struct AtenGemm {
   at::ScalarType dtype;
+  cpu::SgemmFn sgemm = nullptr;  // OpenBLAS for fp32 where it loaded
   template <typename T>
   void operator()(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,
                   int64_t ldc) const {
+    if constexpr (std::is_same<T, float>::value) {
+      if (sgemm != nullptr) return cpu::OpenBlasGemm{sgemm}(m, n, k, a, lda, b, ldb, c, ldc);
+    }
     const auto opts = at::TensorOptions().dtype(dtype);
     const at::Tensor ta = at::from_blob(const_cast<T*>(a), {m, k}, {lda, 1}, opts);
     const at::Tensor tb = at::from_blob(const_cast<T*>(b), {k, n}, {1, ldb}, opts);
@@ -49,6 +59,15 @@ struct AtenGemm {
     at::mm_out(tc, ta, tb);
   }
 };
+
+// $D3D_OPENBLAS_LIBRARY: set by d3d/_native.py to the scipy-openblas32 wheel's library.
+cpu::SgemmFn openblas_sgemm() {
+  static const cpu::SgemmFn fn = [] {
+    const char* path = std::getenv("D3D_OPENBLAS_LIBRARY");
+    return path != nullptr && *path != '\0' ? cpu::load_openblas(path).sgemm : nullptr;
+  }();
+  return fn;
+}
 
 DeformConv3dShape checked_shape(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
                                 const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
@@ -169,7 +188,7 @@ at::Tensor deform_conv3d(const at::Tensor& input, const at::Tensor& offset, cons
       const std::string err = cpu::forward_fused(
           s, x.const_data_ptr<scalar_t>(), off.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
           has_bias ? b.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
-          scratch.mutable_data_ptr<scalar_t>(), AtenFor{1}, AtenGemm{x.scalar_type()});
+          scratch.mutable_data_ptr<scalar_t>(), AtenFor{1}, AtenGemm{x.scalar_type(), openblas_sgemm()});
       TORCH_CHECK(err.empty(), "deform_conv3d: ", err);
     });
     return out;
