@@ -99,7 +99,8 @@ void grouped_gemm(const DeformConv3dShape& s, const scalar_t* weight, const scal
 
 // Whole forward pass of the shared math with the reference GEMM: y = deform_conv3d(x, offset, weight) + bias.
 // col must hold col_rows() * col_chunk(s, max_col_elems) elements. Used where no BLAS is at hand
-// (C++ unit tests, plugin-core checks); the PyTorch op uses its own GEMM on the same im2col.
+// (C++ unit tests, plugin-core checks) and the reference the fused CPU forward
+// (deform_conv3d_cpu_forward.h, what the PyTorch op and the ONNX Runtime library run) is tested against.
 template <typename scalar_t>
 void forward(const DeformConv3dShape& s, const scalar_t* x, const scalar_t* offset, const scalar_t* weight,
              const scalar_t* bias, scalar_t* y, scalar_t* col, int64_t max_col_elems) {

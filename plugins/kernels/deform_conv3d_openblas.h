@@ -20,16 +20,23 @@ using SgemmFn = void (*)(int, int, int, int, int, int, float, const float*, int,
 
 struct OpenBlas {
   SgemmFn sgemm = nullptr;  // null where loading failed
-  std::string error;        // why it failed
-  std::string corename;     // the kernels OpenBLAS chose
+  void (*set_threads)(int) = nullptr;
+  std::string error;     // why it failed
+  std::string corename;  // the kernels OpenBLAS chose
 };
 
-// Loads the library at `path` once per process (later calls return the first result, whatever path).
-inline const OpenBlas& load_openblas(const std::string& path) {
+// Loads the library at `path` once per library that includes this header (later calls return the
+// first result, whatever path). Where the process already has a scipy-openblas32 OpenBLAS (e.g. the
+// PyTorch op's and the ONNX Runtime library's in one process), that one is reused: two instances of
+// OpenBLAS in one process each keep their own thread settings (observed: one ended up multi-threaded
+// under ONNX Runtime's workers, 10x slower). `static`: the once-flag stays private to each library
+// (an inline function's statics would be merged across libraries by the dynamic linker).
+static inline const OpenBlas& load_openblas(const std::string& path) {
   static OpenBlas b;
   static std::once_flag once;
   std::call_once(once, [&path] {
-    void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    void* h = dlopen("libscipy_openblas.so", RTLD_NOW | RTLD_NOLOAD);
+    if (h == nullptr) h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (h == nullptr) {
       const char* why = dlerror();
       b.error = "cannot load OpenBLAS from " + path + " (" + (why ? why : "unknown error") + ")";
@@ -43,6 +50,7 @@ inline const OpenBlas& load_openblas(const std::string& path) {
       return;
     }
     set_threads(1);
+    b.set_threads = set_threads;
     if (corename != nullptr && corename() != nullptr) b.corename = corename();
     b.sgemm = sgemm;
   });

@@ -214,6 +214,7 @@ struct Kernel {
 OrtStatus* compute_cpu(OrtKernelContext* ctx, const Problem& p) {
   const cpu::OpenBlas& b = cpu::load_openblas(own_folder() + "/" + kBlasFile);
   if (b.sgemm == nullptr) return fail(ORT_FAIL, b.error + "; keep it beside libd3d_ort_ops.so");
+  b.set_threads(1);  // again: another user of this OpenBLAS in the process may have changed it
   const DeformConv3dShape& s = p.shape;
   std::unique_ptr<float[]> scratch(new (std::nothrow) float[cpu::forward_scratch_elems(s)]);
   if (!scratch) return fail(ORT_FAIL, "out of memory for the channels-last input copy");
