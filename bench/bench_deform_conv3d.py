@@ -1,64 +1,147 @@
-"""Native DeformConv3d vs the pure-PyTorch reference at D3Dnet's layer shape, side by side in one run.
+"""DeformConv3d at D3Dnet's layer shape, side by side in one run: the PyTorch op (native CPU kernel),
+the ONNX Runtime op (libd3d_ort_ops.so, the same kernel with OpenBLAS) and ``F.conv3d`` of the same
+shape and multiply-adds (oneDNN), optionally the pure-PyTorch reference.
 
-    python bench/bench_deform_conv3d.py [--sizes 32 64] [--repeat 5] [--json out.json]
+    python bench/bench_deform_conv3d.py [--sizes 32x32 68x160 180x320] [--repeat 5] [--json out.json]
 
-Prints median forward time per call and the native/reference speed ratio. Not a test: ratios depend
-on the machine, so they are reported, never asserted.
+64 -> 64 channels, 3x3x3 kernel, padding 1, T = 7, deform_dims "HW", offsets N(0, 1) px (taps between
+pixels, some past the frame), fp32, forward, median time per call. Not a test: ratios depend on the
+machine, so they are reported, never asserted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
 from functools import partial
 
+import numpy as np
 import torch
-
-from d3d.ops import deform_conv3d, deform_conv3d_reference, ensure_native
+import torch.nn.functional as F
 
 
 def _median_time(fn, repeat: int) -> float:
+    """Median wall time of fn after a warm-up; the median process CPU time of the same calls is kept in
+    _CPU[-1] (on a shared machine CPU time moves less with the other load than wall time does)."""
     fn()  # warm-up
-    times = []
+    wall, cpu = [], []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    _CPU.append(statistics.median(cpu))
+    return statistics.median(wall)
+
+
+_CPU: list[float] = []
+
+
+def _ort_session(w: np.ndarray, b: np.ndarray, threads: int):
+    """A one-node custom-op model through the runtime's session factory (the native library)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from d3d.runtime.ort import create_session
+
+    node = helper.make_node(
+        "DeformConv3d",
+        ["x", "offset", "w", "b"],
+        ["y"],
+        domain="d3d",
+        strides=[1, 1, 1],
+        pads=[1, 1, 1],
+        dilations=[1, 1, 1],
+        group=1,
+        offset_group=1,
+        deform_dims="HW",
+    )
+    graph = helper.make_graph(
+        [node],
+        "layer",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("offset", TensorProto.FLOAT, None),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("d3d", 1)])
+    return create_session(model, threads=threads)
+
+
+def _size(text: str) -> tuple[int, int]:
+    h, w = text.lower().split("x")
+    return int(h), int(w)
 
 
 def main() -> None:
+    from d3d.ops import deform_conv3d, deform_conv3d_reference, ensure_native
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64], help="square LR frame sizes")
+    ap.add_argument("--sizes", type=_size, nargs="+", default=[(32, 32), (68, 160), (180, 320)], help="LR HxW")
     ap.add_argument("--frames", type=int, default=7)
     ap.add_argument("--channels", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--reference", action="store_true", help="also time the pure-PyTorch reference (slow)")
+    ap.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime op")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     ensure_native()
     torch.manual_seed(0)
-    rows = []
+    threads = torch.get_num_threads()
     c = args.channels
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'shape':>26} {'native ms':>10} {'reference ms':>13} {'ratio':>7}")
-    for s in args.sizes:
-        x = torch.randn(1, c, args.frames, s, s)
-        w = torch.randn(c, c, 3, 3, 3) * 0.05
-        b = torch.randn(c)
-        off = torch.randn(1, 27 * 2, args.frames, s, s)
+    w = torch.randn(c, c, 3, 3, 3) * 0.05
+    b = torch.randn(c)
+    sess = None
+    if not args.no_ort:
+        from d3d.errors import D3DError
+
+        try:
+            sess = _ort_session(w.numpy(), b.numpy(), threads)
+        except D3DError as exc:
+            print(f"ONNX Runtime op skipped: {exc}")
+    load = os.getloadavg()[0]
+    head = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} threads"
+    print(f"{head}, load average {load:.2f} at start")
+    print(f"{'LR':>8} {'torch op ms':>12} {'ORT op ms':>10} {'conv3d ms':>10} {'torch/conv':>11} {'ORT/conv':>9}")
+    rows = []
+    for h, wd in args.sizes:
+        x = torch.randn(1, c, args.frames, h, wd)
+        off = torch.randn(1, 27 * 2, args.frames, h, wd)
         kw = dict(padding=1, deform_dims="HW")
+        row = {"lr": [h, wd]}
         with torch.no_grad():
-            t_native = _median_time(partial(deform_conv3d, x, off, w, b, **kw), args.repeat)
-            t_ref = _median_time(partial(deform_conv3d_reference, x, off, w, b, **kw), max(1, args.repeat // 2))
-        shape = f"{c}->{c} 3x3x3 T={args.frames} {s}x{s}"
-        rows.append({"shape": shape, "native_s": t_native, "reference_s": t_ref, "ratio": t_ref / t_native})
-        print(f"{shape:>26} {t_native * 1e3:10.1f} {t_ref * 1e3:13.1f} {t_ref / t_native:6.1f}x")
+            row["torch_op_s"] = _median_time(partial(deform_conv3d, x, off, w, b, **kw), args.repeat)
+            row["torch_op_cpu_s"] = _CPU[-1]
+            row["conv3d_s"] = _median_time(partial(F.conv3d, x, w, b, padding=1), args.repeat)
+            row["conv3d_cpu_s"] = _CPU[-1]
+            if sess is not None:
+                feed = {"x": x.numpy(), "offset": off.numpy()}
+                row["ort_op_s"] = _median_time(partial(sess.run, None, feed), args.repeat)
+                row["ort_op_cpu_s"] = _CPU[-1]
+            if args.reference:
+                ref = partial(deform_conv3d_reference, x, off, w, b, **kw)
+                row["reference_s"] = _median_time(ref, max(1, args.repeat // 2))
+        ort_ms = f"{row['ort_op_s'] * 1e3:10.1f}" if "ort_op_s" in row else f"{'-':>10}"
+        ort_ratio = f"{row['ort_op_s'] / row['conv3d_s']:8.2f}x" if "ort_op_s" in row else f"{'-':>9}"
+        print(
+            f"{h}x{wd:<5} {row['torch_op_s'] * 1e3:12.1f} {ort_ms} {row['conv3d_s'] * 1e3:10.1f} "
+            f"{row['torch_op_s'] / row['conv3d_s']:10.2f}x {ort_ratio}"
+            + (f"  reference {row['reference_s'] * 1e3:.0f} ms" if "reference_s" in row else "")
+        )
+        cpu = {k[:-6]: v for k, v in row.items() if k.endswith("_cpu_s")}
+        print(
+            f"{'':8} CPU time: "
+            + ", ".join(f"{k} {v * 1e3:.1f} ms ({v / cpu['conv3d']:.2f}x conv3d)" for k, v in cpu.items())
+        )
+        rows.append(row)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
+            json.dump({"torch": torch.__version__, "threads": threads, "load_avg": load, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

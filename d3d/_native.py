@@ -48,6 +48,16 @@ def _sources(with_cuda: bool) -> list[Path]:
     return srcs
 
 
+def _openblas_library() -> str | None:
+    """The scipy-openblas32 wheel's OpenBLAS, the fp32 GEMM of the CPU forward (None: MKL via ATen)."""
+    try:
+        import scipy_openblas32
+    except ImportError:
+        return None
+    path = Path(scipy_openblas32.get_lib_dir()) / "libscipy_openblas.so"
+    return str(path) if path.is_file() else None
+
+
 def _source_hash(with_cuda: bool) -> str:
     h = hashlib.sha256(torch.__version__.encode())
     h.update(b"cuda" if with_cuda else b"cpu")
@@ -101,6 +111,9 @@ def load_native(verbose: bool = False) -> None:
             )
         build_dir.mkdir(parents=True, exist_ok=True)
         cflags = ["-O3", "-fopenmp", "-DNDEBUG"]
+        openblas = _openblas_library()
+        if openblas is not None:  # the op loads it at first use (plugins/kernels/deform_conv3d_openblas.h)
+            os.environ.setdefault("D3D_OPENBLAS_LIBRARY", openblas)
         if with_cuda:
             cflags.append("-DD3D_WITH_CUDA")
         try:
@@ -110,7 +123,7 @@ def load_native(verbose: bool = False) -> None:
                 extra_include_paths=[str(KERNEL_DIR), str(TORCH_DIR)],
                 extra_cflags=cflags,
                 extra_cuda_cflags=["-O3", "-DD3D_WITH_CUDA", "--expt-relaxed-constexpr"],
-                extra_ldflags=["-fopenmp"],
+                extra_ldflags=["-fopenmp", "-ldl"],
                 build_directory=str(build_dir),
                 is_python_module=False,
                 verbose=verbose,

@@ -11,7 +11,7 @@ DISTRIBUTIONS = (
     "torch",
     "onnx",
     "onnxruntime",
-    "onnxruntime-extensions",
+    "scipy-openblas32",
     "polygraphy",
     "av",
     "tensorrt",

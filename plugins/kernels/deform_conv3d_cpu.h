@@ -43,39 +43,6 @@ void im2col(const DeformConv3dShape& s, const scalar_t* input_n, const scalar_t*
   });
 }
 
-// Position-major im2col from a channels-last input (the fast CPU forward):
-//   input_cl [T*H*W, C], colT [lc, group, K, C/group]   (row ci = one output position)
-// so that for group g, colT[:, g] is the transposed [K*C/group, lc] operand of that group's GEMM
-// with the weight permuted to [O, K, C/group]. Work item = (offset group, column).
-template <typename scalar_t, typename ParFor = SerialFor>
-void im2col_channels_last(const DeformConv3dShape& s, const scalar_t* input_cl, const scalar_t* offset_n, int64_t l0,
-                          int64_t lc, scalar_t* colT, const ParFor& par = ParFor()) {
-  using acc_t = typename AccType<scalar_t>::type;
-  constexpr int64_t kCBlock = 64;
-  const int64_t K = s.taps(), cpg_off = s.c / s.offset_group, cpg = s.c / s.group;
-  par(0, s.offset_group * lc, [&](int64_t b, int64_t e) {
-    acc_t acc[kCBlock];
-    for (int64_t item = b; item < e; ++item) {
-      const int64_t ci = item % lc, og = item / lc;
-      scalar_t* row = colT + ci * s.col_rows();
-      for (int64_t k = 0; k < K; ++k) {
-        Corners<acc_t, false> p;
-        locate_tap(s, offset_n, og, k, l0 + ci, p);
-        // Channels of this offset group, in blocks that never straddle a channel-group boundary.
-        for (int64_t c = og * cpg_off; c < (og + 1) * cpg_off;) {
-          const int64_t g = c / cpg, group_end = (g + 1) * cpg, og_end = (og + 1) * cpg_off;
-          int64_t n = (group_end < og_end ? group_end : og_end) - c;
-          n = n < kCBlock ? n : kCBlock;
-          gather_channels(p, input_cl + c, s.c, n, acc);
-          scalar_t* dst = row + (g * K + k) * cpg + (c - g * cpg);
-          for (int64_t j = 0; j < n; ++j) dst[j] = from_acc<scalar_t>(acc[j]);
-          c += n;
-        }
-      }
-    }
-  });
-}
-
 // Accumulates the input gradient of one batch item from grad_col [C*K, lc]. Parallel over channel
 // ranges: a range only writes its own channels of grad_input_n, so no two threads collide.
 template <typename scalar_t, typename acc_t, typename ParFor = SerialFor>
@@ -132,7 +99,8 @@ void grouped_gemm(const DeformConv3dShape& s, const scalar_t* weight, const scal
 
 // Whole forward pass of the shared math with the reference GEMM: y = deform_conv3d(x, offset, weight) + bias.
 // col must hold col_rows() * col_chunk(s, max_col_elems) elements. Used where no BLAS is at hand
-// (C++ unit tests, plugin-core checks); the PyTorch op uses its own GEMM on the same im2col.
+// (C++ unit tests, plugin-core checks) and the reference the fused CPU forward
+// (deform_conv3d_cpu_forward.h, what the PyTorch op and the ONNX Runtime library run) is tested against.
 template <typename scalar_t>
 void forward(const DeformConv3dShape& s, const scalar_t* x, const scalar_t* offset, const scalar_t* weight,
              const scalar_t* bias, scalar_t* y, scalar_t* col, int64_t max_col_elems) {

@@ -8,6 +8,7 @@
 
 #include "deform_conv3d_attrs.h"
 #include "deform_conv3d_cpu.h"
+#include "deform_conv3d_cpu_forward.h"
 #include "deform_conv3d_math.h"
 #include "test_harness.h"
 
@@ -208,6 +209,82 @@ void test_forward_against_direct_conv() {
   }
 }
 
+// The fused CPU forward (tiles, channels-last sampling, host GEMM and parallel-for) against the
+// reference forward (column-major im2col + the reference GEMM): random offsets, a share of them far
+// outside the volume, every deform_dims subset, groups and offset groups, stride / dilation 2.
+struct ReversedChunksFor {  // hands out items in chunks of 3, last chunk first: any split must do
+  template <typename Fn>
+  void operator()(int64_t begin, int64_t end, const Fn& fn) const {
+    for (int64_t e = end; e > begin; e -= 3) fn(e - 3 > begin ? e - 3 : begin, e);
+  }
+};
+
+struct NaiveGemm {  // C[m x n] = A[m x k] . B[n x k]^T, row-major
+  void operator()(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b, int64_t ldb,
+                  double* c, int64_t ldc) const {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        double acc = 0;
+        for (int64_t r = 0; r < k; ++r) acc += a[i * lda + r] * b[j * ldb + r];
+        c[i * ldc + j] = acc;
+      }
+  }
+};
+
+void test_fused_forward_against_reference_forward() {
+  struct Case {
+    int64_t in[5], w[5];
+    d3d::DeformConv3dAttrs a;
+    bool bias;
+  };
+  std::vector<Case> cases(4);
+  cases[0] = {{2, 4, 5, 6, 7}, {6, 4, 3, 3, 3}, {}, true};
+  cases[1] = {{1, 4, 6, 7, 9}, {4, 2, 3, 1, 3}, {}, false};
+  cases[1].a.group = 2;
+  cases[1].a.offset_group = 2;
+  cases[1].a.stride[2] = 2;
+  cases[1].a.dil[0] = 2;
+  cases[1].a.pad[0] = 2;
+  cases[1].a.pad[2] = 1;
+  cases[2] = {{1, 6, 3, 9, 8}, {6, 2, 1, 3, 3}, {}, true};
+  cases[2].a.group = 3;
+  cases[2].a.offset_group = 2;
+  cases[2].a.stride[1] = cases[2].a.stride[2] = 2;
+  cases[2].a.pad[1] = cases[2].a.pad[2] = 1;
+  cases[3] = {{1, 2, 3, 13, 11}, {3, 2, 3, 3, 3}, {}, true};  // several tiles of the default size
+  cases[3].a.pad[0] = cases[3].a.pad[1] = cases[3].a.pad[2] = 2;
+  cases[3].a.dil[1] = cases[3].a.dil[2] = 2;
+  for (const char* dims : {"T", "H", "W", "TH", "TW", "HW", "THW"}) {
+    for (auto cs : cases) {
+      cs.a.deform_dims = dims;
+      d3d::DeformConv3dShape s;
+      const std::string err = d3d::make_shape(cs.a, cs.in, cs.w, -1, &s);
+      CHECK(err.empty(), "%s", err.c_str());
+      if (!err.empty()) continue;
+      const int64_t L = s.out_spatial();
+      std::vector<double> x(s.n * s.c * s.in_spatial()), w(s.o * (s.c / s.group) * s.taps()), b(s.o);
+      std::vector<double> off(s.n * s.offset_channels() * L);
+      for (auto* vec : {&x, &w, &b}) {
+        for (auto& v : *vec) v = uniform(-1, 1);
+      }
+      for (auto& v : off) v = uniform(0, 1) < 0.15 ? (uniform(0, 1) < 0.5 ? -20.0 : 20.0) : uniform(-2.5, 2.5);
+      const double* bias = cs.bias ? b.data() : nullptr;
+      std::vector<double> want(s.n * s.o * L), col(s.col_rows() * L);
+      d3d::cpu::forward(s, x.data(), off.data(), w.data(), bias, want.data(), col.data(), s.col_rows() * L);
+      std::vector<double> scratch(d3d::cpu::forward_scratch_elems(s));
+      for (int64_t tile : {int64_t(7), d3d::cpu::kTilePositions}) {
+        std::vector<double> got(want.size(), 12345.0);
+        const std::string e = d3d::cpu::forward_fused(s, x.data(), off.data(), w.data(), bias, got.data(),
+                                                      scratch.data(), ReversedChunksFor(), NaiveGemm(), tile);
+        CHECK(e.empty(), "%s", e.c_str());
+        double maxerr = 0;
+        for (size_t i = 0; i < got.size(); ++i) maxerr = std::fmax(maxerr, std::fabs(got[i] - want[i]));
+        CHECK(maxerr < 1e-12, "deform_dims %s, tile %lld: max error %g", dims, static_cast<long long>(tile), maxerr);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -217,5 +294,6 @@ int main() {
   test_scatter_is_adjoint_of_sample();
   test_attribute_validation();
   test_forward_against_direct_conv();
+  test_fused_forward_against_reference_forward();
   return d3d_test::report();
 }

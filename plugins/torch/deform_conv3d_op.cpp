@@ -1,5 +1,7 @@
 // PyTorch operator d3d::deform_conv3d (+ its backward), registered with TORCH_LIBRARY.
-// Device-generic driver: chunked im2col from the shared kernels, then ATen's GEMM per group.
+// CPU forward: the fused kernel of plugins/kernels/deform_conv3d_cpu_forward.h (the same code the
+// ONNX Runtime library runs). CUDA forward and the backward: chunked im2col from the shared kernels,
+// then ATen's GEMM per group.
 // The sampling math itself lives only in plugins/kernels/.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -7,23 +9,25 @@
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
 
 #include "deform_conv3d_attrs.h"
 #include "deform_conv3d_cpu.h"
+#include "deform_conv3d_cpu_forward.h"
 #include "deform_conv3d_op.h"
+#include "deform_conv3d_openblas.h"
 
 namespace d3d {
 namespace torch_op {
 namespace {
 
-// Column buffer cap (elements): 64 Mi keeps a 64-channel 3x3x3 layer's buffer at ~256 MB in fp32
-// instead of the seed's 2.8 GB for a 720p clip.
+// Column buffer cap (elements) of the CUDA forward and of the backward: 64 Mi keeps a 64-channel
+// 3x3x3 layer's buffer at ~256 MB in fp32 instead of the seed's 2.8 GB for a 720p clip.
 constexpr int64_t kMaxColElems = int64_t(1) << 26;
-// On the CPU, smaller chunks keep the column buffer in cache between im2col and the GEMM.
-constexpr int64_t kMaxColElemsCpu = int64_t(1) << 22;
 
 struct AtenFor {
   int64_t grain;
@@ -32,6 +36,38 @@ struct AtenFor {
     at::parallel_for(begin, end, grain, fn);
   }
 };
+
+// The fused forward's GEMM: C[m x n] = A[m x k] . B[n x k]^T (row-major). fp32 goes to OpenBLAS (the
+// scipy-openblas32 wheel's, as in the ONNX Runtime library; d3d/_native.py names it in
+// $D3D_OPENBLAS_LIBRARY) where it
+// loads: MKL runs its AVX2 code on AMD CPUs, at about 60 % of OpenBLAS's AVX-512 kernels there. Other
+// types, or no OpenBLAS: at::mm_out on views of the buffers (ATen passes the strides to MKL, no
+// copies). Called inside at::parallel_for, so each GEMM runs on the calling thread.
+struct AtenGemm {
+  at::ScalarType dtype;
+  cpu::SgemmFn sgemm = nullptr;  // OpenBLAS for fp32 where it loaded
+  template <typename T>
+  void operator()(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,
+                  int64_t ldc) const {
+    if constexpr (std::is_same<T, float>::value) {
+      if (sgemm != nullptr) return cpu::OpenBlasGemm{sgemm}(m, n, k, a, lda, b, ldb, c, ldc);
+    }
+    const auto opts = at::TensorOptions().dtype(dtype);
+    const at::Tensor ta = at::from_blob(const_cast<T*>(a), {m, k}, {lda, 1}, opts);
+    const at::Tensor tb = at::from_blob(const_cast<T*>(b), {k, n}, {1, ldb}, opts);
+    at::Tensor tc = at::from_blob(c, {m, n}, {ldc, 1}, opts);
+    at::mm_out(tc, ta, tb);
+  }
+};
+
+// $D3D_OPENBLAS_LIBRARY: set by d3d/_native.py to the scipy-openblas32 wheel's library.
+cpu::SgemmFn openblas_sgemm() {
+  static const cpu::SgemmFn fn = [] {
+    const char* path = std::getenv("D3D_OPENBLAS_LIBRARY");
+    return path != nullptr && *path != '\0' ? cpu::load_openblas(path).sgemm : nullptr;
+  }();
+  return fn;
+}
 
 DeformConv3dShape checked_shape(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
                                 const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
@@ -140,36 +176,27 @@ at::Tensor deform_conv3d(const at::Tensor& input, const at::Tensor& offset, cons
   c10::DeviceGuard guard(input.device());
   const at::Tensor x = input.contiguous(), off = offset.contiguous();
   at::Tensor out = at::empty({s.n, s.o, s.out[0], s.out[1], s.out[2]}, x.options());
-  const int64_t G = s.group, cpg = s.c / G, K = s.taps(), rows = cpg * K;
   if (!x.is_cuda()) {
-    // CPU: channels-last input and a position-major column buffer [lc, G, K*C/G], so the channel loop of
-    // the interpolation vectorises and MKL takes the transposed operand directly; the weight is
-    // permuted to the same tap-major order. Smaller chunks keep the buffer in cache.
-    const at::Tensor wp = weight.reshape({G, s.o / G, cpg, K}).transpose(2, 3).reshape({G, s.o / G, rows});
-    const int64_t chunk = col_chunk(s, kMaxColElemsCpu);
-    at::Tensor col_buf = at::empty({s.col_rows() * chunk}, x.options());
-    at::Tensor x_cl;
-    int64_t x_cl_n = -1;
-    gemm_over_chunks(s, wp, chunk, out, [&](int64_t n, int64_t l0, int64_t lc) {
-      if (x_cl_n != n) {  // one channels-last copy per batch item
-        x_cl = x[n].permute({1, 2, 3, 0}).contiguous();
-        x_cl_n = n;
-      }
-      at::Tensor colT = col_buf.narrow(0, 0, s.col_rows() * lc).view({lc, G, rows});
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "d3d_im2col_cl_cpu", [&] {
-        cpu::im2col_channels_last(s, x_cl.const_data_ptr<scalar_t>(), off[n].const_data_ptr<scalar_t>(), l0, lc,
-                                  colT.mutable_data_ptr<scalar_t>(), AtenFor{16});
-      });
-      return colT.permute({1, 2, 0});  // [G, K*C/G, lc], strided view, no copy
+    // CPU: the one fused forward of plugins/kernels (sampling tile by tile into a per-thread buffer,
+    // each tile multiplied on the same thread by OpenBLAS for fp32, else ATen's GEMM), with ATen's thread
+    // pool. Bias included.
+    at::Tensor scratch = at::empty({cpu::forward_scratch_elems(s)}, x.options());
+    const at::Tensor w = weight.contiguous();
+    const bool has_bias = bias.has_value() && bias->defined();
+    const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "d3d_forward_cpu", [&] {
+      const std::string err = cpu::forward_fused(
+          s, x.const_data_ptr<scalar_t>(), off.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+          has_bias ? b.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
+          scratch.mutable_data_ptr<scalar_t>(), AtenFor{1}, AtenGemm{x.scalar_type(), openblas_sgemm()});
+      TORCH_CHECK(err.empty(), "deform_conv3d: ", err);
     });
-  } else {
-    // CUDA: the TensorRT plugin's forward (plugins/kernels cuda::forward, bias fused), so that checking
-    // this op on a GPU checks the plugin's kernels too.
-    const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
-    forward_cuda(s, x, off, weight.contiguous(), b, kMaxColElems, out);
     return out;
   }
-  if (bias.has_value() && bias->defined()) out.add_(bias->view({1, s.o, 1, 1, 1}));
+  // CUDA: the TensorRT plugin's forward (plugins/kernels cuda::forward, bias fused), so that checking
+  // this op on a GPU checks the plugin's kernels too.
+  const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  forward_cuda(s, x, off, weight.contiguous(), b, kMaxColElems, out);
   return out;
 }
 

@@ -1,0 +1,116 @@
+"""One output frame of the paper's D3Dnet on the CPU, side by side in one run: the PyTorch model, the
+same model with each deformable convolution run as a plain ``conv3d`` (its "dense twin": the offset
+convolutions still run, their output is dropped), and the custom-op ONNX export in ONNX Runtime.
+
+    python bench/bench_frame.py [--size 68x160] [--repeat 3] [--offset-std 0.15] [--json out.json]
+
+Seeded random weights in the paper's configuration (x4, 7 frames, nf 64, 5 + 6 blocks). The offset
+convolutions get random weights too (``--offset-std``; 0 keeps the seed's zero initialisation, where
+every tap lands on a pixel), so the deformable layers sample between pixels as a trained model does.
+Not a test: figures depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def _median_time(fn, repeat: int) -> float:
+    """Median wall time of fn after a warm-up; the median process CPU time of the same calls is kept in
+    _CPU[-1] (on a shared machine CPU time moves less with the other load than wall time does)."""
+    fn()  # warm-up
+    wall, cpu = [], []
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    _CPU.append(statistics.median(cpu))
+    return statistics.median(wall)
+
+
+_CPU: list[float] = []
+
+
+def _dense_forward(self, input: torch.Tensor) -> torch.Tensor:
+    """DeformConv3dPack.forward with the deformable convolution replaced by conv3d."""
+    self.conv_offset(input)  # kept: the twin does the same offset work
+    return F.conv3d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def main() -> None:
+    from d3d.model import D3Dnet
+    from d3d.modules import DeformConv3dPack
+    from d3d.ops import ensure_native
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="68x160", help="LR HxW")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--offset-std", type=float, default=0.15, help="std of the offset convolutions' weights")
+    ap.add_argument("--no-ort", action="store_true")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    h, w = (int(v) for v in args.size.lower().split("x"))
+    ensure_native()
+    torch.manual_seed(0)
+    model = D3Dnet().eval()
+    packs = [m for m in model.modules() if isinstance(m, DeformConv3dPack)]
+    if args.offset_std > 0:
+        for m in packs:
+            torch.nn.init.normal_(m.conv_offset.weight, 0.0, args.offset_std)
+    x = torch.rand(1, model.config.in_channels, model.config.frames, h, w)
+    row: dict = {"lr": [h, w], "threads": torch.get_num_threads(), "load_avg": os.getloadavg()[0]}
+    with torch.no_grad():
+        # Offsets the deformable layers see (first layer), to say what the run samples.
+        first = packs[0]
+        seen = []
+        hook = first.conv_offset.register_forward_hook(lambda _m, _i, o: seen.append(o.abs().mean().item()))
+        model(x)
+        hook.remove()
+        row["mean_abs_offset_px_first_layer"] = seen[0]
+        row["pytorch_s"] = _median_time(lambda: model(x), args.repeat)
+        row["pytorch_cpu_s"] = _CPU[-1]
+        for m in packs:
+            m.forward = _dense_forward.__get__(m)
+        row["dense_twin_s"] = _median_time(lambda: model(x), args.repeat)
+        row["dense_twin_cpu_s"] = _CPU[-1]
+        for m in packs:
+            del m.forward
+    if not args.no_ort:
+        from d3d.export import ExportOptions, export_onnx, load_model
+        from d3d.runtime.ort import create_session
+
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "d3dnet.onnx"
+            export_onnx(model, path, ExportOptions())
+            sess = create_session(load_model(path), threads=torch.get_num_threads())
+        feed = {sess.get_inputs()[0].name: x.numpy()}
+        row["onnxruntime_s"] = _median_time(lambda: sess.run(None, feed), args.repeat)
+        row["onnxruntime_cpu_s"] = _CPU[-1]
+    print(f"LR {h}x{w}, {row['threads']} threads, load average {row['load_avg']:.2f} at start")
+    print(f"mean |offset| of the first deformable layer: {row['mean_abs_offset_px_first_layer']:.2f} px")
+    print(f"PyTorch model      {row['pytorch_s'] * 1e3:8.0f} ms")
+    twin_ratio = row["pytorch_s"] / row["dense_twin_s"]
+    print(f"dense twin         {row['dense_twin_s'] * 1e3:8.0f} ms   (model / twin {twin_ratio:.2f}x)")
+    if "onnxruntime_s" in row:
+        ort_ratio = row["onnxruntime_s"] / row["pytorch_s"]
+        print(f"ONNX Runtime       {row['onnxruntime_s'] * 1e3:8.0f} ms   (ORT / PyTorch {ort_ratio:.2f}x)")
+    cpu = {k[:-6]: v for k, v in row.items() if k.endswith("_cpu_s")}
+    print("CPU time: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in cpu.items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(row, indent=1))
+
+
+if __name__ == "__main__":
+    main()

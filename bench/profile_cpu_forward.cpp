@@ -1,0 +1,126 @@
+// Where the time of the fused CPU forward goes, at D3Dnet's layer shape (64 -> 64, 3x3x3, T = 7,
+// deform_dims "HW", random offsets): the whole forward with OpenBLAS, the sampling alone (GEMM
+// skipped), and the GEMMs alone (sampling skipped), each the median of --repeat runs.
+//   build/bench/profile_cpu_forward [H W] [threads] [tile]
+// Built by CMake next to the ONNX Runtime library (it links the same OpenBLAS).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <random>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "cblas.h"
+#include "deform_conv3d_attrs.h"
+#include "deform_conv3d_cpu_forward.h"
+
+namespace {
+
+// A parallel-for over std::threads: the range is split into one contiguous part per thread.
+struct ThreadFor {
+  int threads;
+  template <typename Fn>
+  void operator()(int64_t begin, int64_t end, const Fn& fn) const {
+    const int64_t n = end - begin;
+    if (n <= 0) return;
+    const int64_t parts = std::min<int64_t>(threads, n);
+    std::vector<std::thread> pool;
+    for (int64_t p = 1; p < parts; ++p) {
+      pool.emplace_back([&, p] { fn(begin + n * p / parts, begin + n * (p + 1) / parts); });
+    }
+    fn(begin, begin + n / parts);
+    for (auto& t : pool) t.join();
+  }
+};
+
+struct BlasGemm {
+  void operator()(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                  int64_t ldc) const {
+    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(m), static_cast<blasint>(n),
+                      static_cast<blasint>(k), 1.0f, a, static_cast<blasint>(lda), b, static_cast<blasint>(ldb), 0.0f,
+                      c, static_cast<blasint>(ldc));
+  }
+};
+
+struct NoGemm {
+  void operator()(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t) const {}
+};
+
+// CPU time of the process in ms: on a shared machine it moves less with the other load than the
+// wall clock does (divide by the thread count for an ideal wall time).
+double cpu_ms() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+// Median wall and CPU time of fn over `repeat` runs after one warm-up.
+template <typename Fn>
+std::pair<double, double> median_ms(const Fn& fn, int repeat) {
+  fn();
+  std::vector<double> wall, cpu;
+  for (int i = 0; i < repeat; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const double c0 = cpu_ms();
+    fn();
+    cpu.push_back(cpu_ms() - c0);
+    wall.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(wall.begin(), wall.end());
+  std::sort(cpu.begin(), cpu.end());
+  return {wall[wall.size() / 2], cpu[cpu.size() / 2]};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int64_t H = argc > 2 ? std::atoll(argv[1]) : 68, W = argc > 2 ? std::atoll(argv[2]) : 160;
+  const int threads = argc > 3 ? std::atoi(argv[3]) : 2;
+  const int64_t tile = argc > 4 ? std::atoll(argv[4]) : d3d::cpu::kTilePositions;
+  const int repeat = 5;
+  scipy_openblas_set_num_threads(1);
+  d3d::DeformConv3dAttrs a;
+  a.pad[0] = a.pad[1] = a.pad[2] = 1;
+  a.deform_dims = "HW";
+  const int64_t in[5] = {1, 64, 7, H, W}, wd[5] = {64, 64, 3, 3, 3};
+  d3d::DeformConv3dShape s;
+  const std::string err = d3d::make_shape(a, in, wd, -1, &s);
+  if (!err.empty()) {
+    std::fprintf(stderr, "%s\n", err.c_str());
+    return 1;
+  }
+  std::mt19937 rng(0);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(s.c * s.in_spatial()), off(s.offset_channels() * s.out_spatial()), w(64 * 64 * 27), b(64);
+  for (auto* v : {&x, &off, &w, &b})
+    for (auto& e : *v) e = nd(rng);
+  std::vector<float> y(s.o * s.out_spatial()), scratch(d3d::cpu::forward_scratch_elems(s));
+  const ThreadFor par{threads};
+  auto run = [&](auto gemm, bool sample) {
+    if (sample) {
+      d3d::cpu::forward_fused(s, x.data(), off.data(), w.data(), b.data(), y.data(), scratch.data(), par, gemm, tile);
+    } else {  // the GEMMs of every tile on a fixed column block
+      const int64_t L = s.out_spatial(), R = s.col_rows(), ntiles = (L + tile - 1) / tile;
+      par(0, ntiles, [&](int64_t b0, int64_t e0) {
+        std::vector<float> col(tile * R, 0.5f);
+        for (int64_t t = b0; t < e0; ++t) {
+          const int64_t nt = std::min(tile, L - t * tile);
+          gemm(s.o, nt, R, w.data(), R, col.data(), R, y.data() + t * tile, L);
+        }
+      });
+    }
+  };
+  const auto full = median_ms([&] { run(BlasGemm{}, true); }, repeat);
+  const auto sample = median_ms([&] { run(NoGemm{}, true); }, repeat);
+  const auto gemm = median_ms([&] { run(BlasGemm{}, false); }, repeat);
+  const double gflop = 2.0 * s.o * s.col_rows() * s.out_spatial() / 1e9;
+  std::printf(
+      "%lldx%lld, %d threads, tile %lld, OpenBLAS core %s; wall (CPU) ms: forward %.1f (%.1f) | sampling alone %.1f "
+      "(%.1f) | GEMMs alone %.1f (%.1f), %.0f GFLOP/s per thread\n",
+      (long long)H, (long long)W, threads, (long long)tile, scipy_openblas_get_corename(), full.first, full.second,
+      sample.first, sample.second, gemm.first, gemm.second, gflop / gemm.second * 1e3);
+  return 0;
+}

@@ -1,0 +1,37 @@
+// ONNX Runtime custom-op library for d3d::DeformConv3d: shared declarations of the CPU op
+// (deform_conv3d_ort.cpp) and the CUDA execution provider's op (deform_conv3d_ort_cuda.cu).
+#pragma once
+
+#include <string>
+
+#include "deform_conv3d_attrs.h"
+#include "deform_conv3d_shape.h"
+#include "onnxruntime_c_api.h"
+
+namespace d3d {
+namespace ort {
+
+constexpr const char* kDomain = "d3d";
+constexpr const char* kOpType = "DeformConv3d";
+
+// The validated inputs of one KernelCompute: the problem and the tensor pointers (bias may be null).
+struct Problem {
+  DeformConv3dShape shape;
+  const float* x = nullptr;
+  const float* offset = nullptr;
+  const float* weight = nullptr;
+  const float* bias = nullptr;
+  float* y = nullptr;
+};
+
+// Reads and checks the inputs of a DeformConv3d node and allocates its output. Returns nullptr or the
+// error as an OrtStatus (ORT_INVALID_ARGUMENT for bad shapes or types).
+OrtStatus* prepare(const OrtApi* api, OrtKernelContext* ctx, const DeformConv3dAttrs& attrs, Problem* p);
+
+#ifdef D3D_ORT_WITH_CUDA
+// The CUDA execution provider's forward on the provider's compute stream (deform_conv3d_ort_cuda.cu).
+OrtStatus* compute_cuda(const OrtApi* api, OrtKernelContext* ctx, const Problem& p);
+#endif
+
+}  // namespace ort
+}  // namespace d3d
