@@ -915,3 +915,54 @@ def _run_overlapped(source, runner, sink, opts, clock, written, tick) -> None:
         decoder.join(0.5)
         if decoder.is_alive() and isinstance(source, VideoSource):
             source.busy = True
+
+
+# --- Measuring the pipeline (d3d bench) ----------------------------------------------------------
+
+
+def synthetic_clip(path: Path, h: int, w: int, frames: int, fps: int = 25) -> Path:
+    """An H.264 clip (yuv420p) of ``frames`` moving ``w`` x ``h`` frames: the input of a pipeline benchmark."""
+    import av
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(16, 236, (h + frames, w + frames), dtype=np.uint8)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps, options={"crf": "18"})
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for i in range(frames):
+            y = base[i : i + h, i : i + w]
+            cb = np.full(((h + 1) // 2, (w + 1) // 2), 128, np.uint8)
+            pf = PlaneFormat("yuv420p", 8, (1, 1), False)
+            frame = make_frame([y, cb, cb], pf)
+            frame.pts = i
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def time_pipeline(runner: Runner, clip: Path, out: Path, overlap: bool) -> Summary:
+    """Upscales ``clip`` into ``out`` (H.264) with or without the overlapping threads; the summary has the
+    pipeline's frames/s and the network's own."""
+    source = open_source(clip)
+    try:
+        sink = VideoSink(out, source, None)
+        return run_upscale(source, runner, sink, UpscaleOptions(overlap=overlap))
+    finally:
+        source.close()
+
+
+def time_network(runner: Runner, clip: Path) -> float:
+    """Frames/s of the network alone on ``clip``'s frames: every frame decoded and converted first, then
+    only the network stage timed (the reference the pipeline's frames/s is compared with)."""
+    source = open_source(clip)
+    try:
+        pf = source.plane_format
+        frames = [prepare(e, pf) for e in source.events() if isinstance(e, RawFrame)]
+    finally:
+        source.close()
+    clock = [0.0]
+    for _ in _network(frames, runner, UpscaleOptions(), clock):
+        pass
+    return len(frames) / clock[0] if clock[0] > 0 else 0.0
