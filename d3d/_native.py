@@ -86,6 +86,13 @@ def load_native(verbose: bool = False) -> None:
 
         name = f"d3d_ops_{_source_hash(with_cuda)}"
         build_dir = cache_dir() / "torch_ext" / name
+        built = build_dir / f"{name}.so"
+        if built.is_file():
+            # Built before for exactly these sources: load it without cpp_extension's build lock, which
+            # a process killed mid-check leaves behind and every later run would then wait on forever.
+            torch.ops.load_library(str(built))
+            _loaded = True
+            return
         cxx = os.environ.get("CXX", "c++")
         # An up-to-date build in the cache loads without a compiler.
         if not (build_dir / f"{name}.so").is_file() and shutil.which(cxx) is None:

@@ -41,11 +41,15 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action) or ""
 
 
+class UsageError(D3DError):
+    """A command-line mistake found by argparse."""
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with the CLI's error convention: one line, exit 1."""
+    """argparse with the CLI's error convention: one line (printed by :func:`main`), exit 1."""
 
     def error(self, message: str):  # type: ignore[override]
-        self.exit(1, f"d3d: error: {message} (see `{self.prog} --help`)\n")
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -115,10 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         module = importlib.import_module(COMMANDS[chosen][0])
         module.add_arguments(subparsers[chosen])
         run = module.run
-    args = parser.parse_args(argv)
-    if run is None:
-        if argv and chosen is not None:
+    try:
+        args = parser.parse_args(argv)
+        if run is None and argv and chosen is not None:
             parser.error(f"unknown command {chosen!r}; choose one of {', '.join(COMMANDS)}")
+    except UsageError as exc:
+        print(f"d3d: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if run is None:
         parser.print_help()
         return 0 if not argv or argv == ["--debug"] else 1
     debug = bool(args.debug)

@@ -115,6 +115,7 @@ def _pipeline(runner, h: int, w: int, frames: int) -> dict:
 def run(args: argparse.Namespace) -> int:
     from d3d.errors import D3DError, SDKMissing
     from d3d.outputs import check_target, write_output
+    from d3d.runtime.backends import get_backend
 
     if args.worker:
         print(json.dumps(_measure(json.loads(args.worker))))
@@ -135,7 +136,12 @@ def run(args: argparse.Namespace) -> int:
             "threads": args.threads,
             "pipeline_frames": args.pipeline_frames,
         }
-        print(f"benchmarking {backend} ...", file=sys.stderr)
+        entry = get_backend(backend)
+        why = entry.unavailable()
+        if why:  # no process to start: say why, as a run of that backend would
+            skipped[backend], codes[backend] = why, 2 if entry.missing_sdk else 1
+            continue
+        print(f"benchmarking {backend} ...", flush=True)
         proc = subprocess.run(
             [sys.executable, "-m", "d3d.cli", "bench", "--worker", json.dumps(spec)], capture_output=True, text=True
         )

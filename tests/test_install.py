@@ -1,0 +1,87 @@
+"""`pip install .` (non-editable) into a fresh virtual environment: `d3d upscale` works from the installed
+copy, and the ONNX cache key follows the installed exporter code (not files of a checkout)."""
+
+from __future__ import annotations
+
+import os
+import site
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import write_frames
+
+from d3d._native import cache_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """A fresh venv holding a wheel-style install of this project. Its dependencies (torch, onnx, ...)
+    come from this environment through a .pth path entry; d3d itself only from the install."""
+    tmp = tmp_path_factory.mktemp("install")
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    target_site = Path(
+        subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                       check=True, capture_output=True, text=True).stdout.strip()
+    )  # fmt: skip
+    # A plain path entry: the dependencies import, but this environment's .pth files (the editable
+    # install's finder among them) are not run, so `d3d` can come only from the new install.
+    (target_site / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    build = tmp / "build"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(py), "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--no-cache-dir", str(ROOT)],
+        capture_output=True, text=True, cwd=tmp, env={**os.environ, "TMPDIR": str(tmp)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    del build
+    return venv, target_site
+
+
+def _run(venv: Path, args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, env={**os.environ, **env},
+                          executable=None)  # fmt: skip
+
+
+def test_installed_copy_upscales_and_keys_its_cache_on_its_own_code(installed, tmp_path, tiny_checkpoint):
+    venv, target_site = installed
+    py, d3d_exe = venv / "bin" / "python", venv / "bin" / "d3d"
+    # A private cache for the ONNX export; the compiled PyTorch op is shared (same sources, same key).
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "torch_ext").symlink_to(cache_dir() / "torch_ext", target_is_directory=True)
+    env = {"D3D_CACHE_DIR": str(cache), "PYTHONPATH": ""}
+    where = subprocess.run(
+        [str(py), "-c", "import d3d, d3d.export.exporter, d3d.runtime.backends, d3d.verify; "
+         "print(d3d.__file__); print(d3d.export.exporter.__file__)"],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, **env}, check=True,
+    ).stdout.split()  # fmt: skip
+    assert all(Path(p).is_relative_to(target_site) for p in where), where
+
+    write_frames(tmp_path / "frames", 8, size=(32, 32))
+    proc = _run(venv, [str(d3d_exe), "upscale", "frames", "--checkpoint", str(tiny_checkpoint), "-o", "out", "-q"],
+                tmp_path, env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "done: 8 frames (1.png .. 8.png) 32x32 -> 128x128" in proc.stdout
+    assert len(list((tmp_path / "out").glob("frame_*.png"))) == 8
+
+    key_code = "from d3d.runtime.models import exporter_code_hash; print(exporter_code_hash())"
+    key1 = subprocess.run([str(py), "-c", key_code], cwd=tmp_path, capture_output=True, text=True, check=True,
+                          env={**os.environ, **env}).stdout.strip()  # fmt: skip
+    cached = [p.name for p in (cache / "onnx").glob("*.onnx")]
+    assert len(cached) == 1 and key1 in cached[0]
+    exporter = target_site / "d3d" / "export" / "exporter.py"
+    exporter.write_text(exporter.read_text() + "\n# changed after install\n")
+    key2 = subprocess.run([str(py), "-c", key_code], cwd=tmp_path, capture_output=True, text=True, check=True,
+                          env={**os.environ, **env}).stdout.strip()  # fmt: skip
+    assert key2 != key1
+
+    info = subprocess.run([str(d3d_exe), "info", "--json"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, **env, "D3D_BUILD_DIR": str(tmp_path / "nobuild")})  # fmt: skip
+    assert info.returncode == 0, info.stderr
+    assert '"trt_plugin_library": null' in info.stdout or "trt_plugin_library" in info.stdout
