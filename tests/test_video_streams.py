@@ -338,3 +338,50 @@ def test_y4m_pipe_in_and_out_gives_the_file_path_frames(tiny, tmp_path):
         assert fa == fb == "yuv420p"
         for x, y in zip(pa, pb, strict=True):
             np.testing.assert_array_equal(x, y)
+
+
+# --- Interrupts with the overlapping threads ---------------------------------------------------------
+
+
+def test_interrupt_while_writing_a_video_with_audio(tiny, tmp_path):
+    """SIGINT while the decoder, network and writer threads run on a clip with audio into .mp4: exit 130
+    within 2 s, one line, nothing left in the folder (the writer owns the container until it stops)."""
+    import signal
+    import time
+
+    from conftest import snapshot
+
+    _, onnx = tiny
+    src = tmp_path / "in.mp4"
+    frames = 200
+    with av.open(str(src), "w") as c:
+        v = c.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 2 * W, 2 * H, "yuv420p"
+        _, encode_audio = _add_audio(c, frames / 25)
+        rng = np.random.default_rng(4)
+        for i in range(frames):
+            f = av.VideoFrame.from_ndarray(rng.integers(0, 255, (2 * H, 2 * W, 3), dtype=np.uint8), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, 25)
+            for p in v.encode(f):
+                c.mux(p)
+        for p in v.encode():
+            c.mux(p)
+        encode_audio()
+    before = snapshot(tmp_path)
+    cmd = [sys.executable, "-m", "d3d.cli", "upscale", "in.mp4", "--onnx", str(onnx), "-o", "out.mp4", "-q",
+           "--no-estimate"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("input: ")
+    t0 = time.monotonic()
+    while not any(p.stat().st_size > 10_000 for p in tmp_path.glob(".out.*.mp4")):  # frames are being written
+        assert proc.poll() is None and time.monotonic() - t0 < 120, proc.stderr.read()
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    seconds = time.monotonic() - t0
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "d3d: interrupted (SIGINT); partial outputs removed"
+    assert "Traceback" not in err
+    assert seconds < 2.0, (seconds, err)
+    assert snapshot(tmp_path) == before
