@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from d3d.errors import D3DError
+from d3d.errors import D3DError, SDKMissing
 
 
 def build_engine_rtx(
@@ -20,7 +20,7 @@ def build_engine_rtx(
     try:
         import tensorrt_rtx_bindings as trt
     except ImportError:
-        raise D3DError(
+        raise SDKMissing(
             "TensorRT-RTX is not installed: pip install tensorrt-rtx-cu12-libs tensorrt-rtx-cu12-bindings"
         ) from None
     logger = trt.Logger(trt.Logger.ERROR)

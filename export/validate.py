@@ -96,9 +96,54 @@ def _weight_error(node: onnx.NodeProto, attrs: dict, inits: dict[str, onnx.Tenso
     return ""
 
 
+def _static_dims(proto: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Tensor name -> dims (None where symbolic): inferred afresh where shape inference succeeds, else
+    as the file records them (an inconsistent file fails inference but still states its shapes)."""
+    from d3d.export.schema import register_schema
+
+    register_schema()
+    graph = proto.graph
+    try:
+        fresh = onnx.ModelProto()
+        fresh.CopyFrom(proto)
+        del fresh.graph.value_info[:]
+        graph = onnx.shape_inference.infer_shapes(fresh).graph
+    except Exception:  # checked against the file's own value_info instead
+        pass
+    dims: dict[str, list[int | None]] = {}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            dims[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    for init in proto.graph.initializer:
+        dims[init.name] = list(init.dims)
+    return dims
+
+
+def _shape_error(node: onnx.NodeProto, attrs: dict, dims: dict[str, list[int | None]]) -> str:
+    """Channel arithmetic of ``make_shape`` where shapes are known statically (channels always are in
+    an exported D3Dnet): a mismatch found here never reaches a custom op at run time."""
+    x, off, w = (dims.get(name) for name in node.input[:3])
+    if not w or len(w) != 5:
+        return ""
+    group, offset_group = attrs.get("group", 1), attrs.get("offset_group", 1)
+    if x and len(x) == 5 and x[1] is not None:
+        c = x[1]
+        if w[1] * group != c:
+            return f"weight has {w[1]} input channels per group, expected C/group = {c // group} (C = {c})"
+        if c % offset_group != 0:
+            return f"input channels ({c}) must be divisible by offset_group ({offset_group})"
+    if off and len(off) == 5 and off[1] is not None:
+        want = offset_group * w[2] * w[3] * w[4] * len(attrs.get("deform_dims", "THW"))
+        if off[1] != want:
+            return f"offset has {off[1]} channels, expected offset_group * kT*kH*kW * len(deform_dims) = {want}"
+    return ""
+
+
 def check_custom_nodes(proto: onnx.ModelProto, source: str) -> None:
     """Raises a one-line :class:`D3DError` naming the first ``d3d`` node that breaks the op spec."""
     inits = {i.name: i for i in proto.graph.initializer}
+    dims: dict[str, list[int | None]] | None = None
     for node in proto.graph.node:
         if node.domain != DOMAIN:
             continue
@@ -109,5 +154,8 @@ def check_custom_nodes(proto: onnx.ModelProto, source: str) -> None:
             raise D3DError(f"{label}: needs inputs X, offset, W (and optional B) and one output")
         attrs, err = node_attrs(node)
         err = err or attrs_error(attrs) or _weight_error(node, attrs, inits)
+        if not err:
+            dims = _static_dims(proto) if dims is None else dims
+            err = _shape_error(node, attrs, dims)
         if err:
             raise D3DError(f"{label}: {err}")

@@ -20,7 +20,7 @@ import numpy as np
 from d3d.runtime.backends.base import Runner
 
 MEMORY_LIMIT_ENV = "D3D_MEMORY_LIMIT_MB"  # caps the memory a run may plan for (tests inject a limit)
-PROBE_SIDES = (24, 48)  # LR sides of the two warm-up crops
+PROBE_SIDES = (48, 96)  # LR sides of the two warm-up crops (smaller ones mislead: fixed-size buffers)
 MIN_TILE = 32
 
 

@@ -309,3 +309,25 @@ def test_info_json_reports_versions_backends_and_libraries(capsys, monkeypatch, 
     assert set(libs) == {"torch_op_library", "ort_ops_library", "trt_plugin_library"}
     assert libs["ort_ops_library"] == str(tmp_path / "libfake_ort.so")
     assert libs["trt_plugin_library"] is None or Path(libs["trt_plugin_library"]).is_file()
+
+
+@pytest.mark.parametrize(
+    ("dims", "words"),
+    [
+        ([8, 8, 1, 3, 3], "offset has 54 channels, expected offset_group * kT*kH*kW * len(deform_dims) = 18"),
+        ([8, 4, 3, 3, 3], "weight has 4 input channels per group, expected C/group = 8"),
+    ],
+)
+def test_inconsistent_deform_conv3d_shapes_are_refused_at_load(work, tiny_onnx, capsys, dims, words):
+    """Channel arithmetic that would fail inside the op at run time is refused when the file loads."""
+    import numpy as np
+
+    proto = onnx.load(str(tiny_onnx))
+    node = next(n for n in proto.graph.node if n.op_type == "DeformConv3d")
+    init = next(i for i in proto.graph.initializer if i.name == node.input[2])
+    init.CopyFrom(onnx.numpy_helper.from_array(np.zeros(dims, np.float32), name=init.name))
+    onnx.save(proto, str(work / "bad.onnx"))
+    before = snapshot(work)
+    msg = fails(["upscale", "tiny8", "--onnx", "bad.onnx", "-o", "out.mp4", "-q"], capsys)
+    assert "bad.onnx: node" in msg and words in msg
+    assert snapshot(work) == before
