@@ -3,7 +3,9 @@ copy, and the ONNX cache key follows the installed exporter code (not files of a
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -32,20 +34,25 @@ def installed(tmp_path_factory):
     # A plain path entry: the dependencies import, but this environment's .pth files (the editable
     # install's finder among them) are not run, so `d3d` can come only from the new install.
     (target_site / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    build = tmp / "build"
+    # Built from a copy of the sources: an in-tree build would write build/lib and *.egg-info into the
+    # checkout (build/ is CMake's folder).
+    src = tmp / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", *[p.name for p in ROOT.glob("LICENSE*")]):
+        shutil.copy(ROOT / name, src / name)
+    for folder in ("d3d", "export", "runtime", "verify", "plugins"):
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.so", "build*"))
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(py), "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-cache-dir", str(ROOT)],
+         "--no-cache-dir", str(src)],
         capture_output=True, text=True, cwd=tmp, env={**os.environ, "TMPDIR": str(tmp)},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    del build
     return venv, target_site
 
 
-def _run(venv: Path, args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, env={**os.environ, **env},
-                          executable=None)  # fmt: skip
+def _run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, env={**os.environ, **env})
 
 
 def test_installed_copy_upscales_and_keys_its_cache_on_its_own_code(installed, tmp_path, tiny_checkpoint):
@@ -64,7 +71,7 @@ def test_installed_copy_upscales_and_keys_its_cache_on_its_own_code(installed, t
     assert all(Path(p).is_relative_to(target_site) for p in where), where
 
     write_frames(tmp_path / "frames", 8, size=(32, 32))
-    proc = _run(venv, [str(d3d_exe), "upscale", "frames", "--checkpoint", str(tiny_checkpoint), "-o", "out", "-q"],
+    proc = _run([str(d3d_exe), "upscale", "frames", "--checkpoint", str(tiny_checkpoint), "-o", "out", "-q"],
                 tmp_path, env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "done: 8 frames (1.png .. 8.png) 32x32 -> 128x128" in proc.stdout
@@ -81,7 +88,10 @@ def test_installed_copy_upscales_and_keys_its_cache_on_its_own_code(installed, t
                           env={**os.environ, **env}).stdout.strip()  # fmt: skip
     assert key2 != key1
 
-    info = subprocess.run([str(d3d_exe), "info", "--json"], cwd=tmp_path, capture_output=True, text=True,
-                          env={**os.environ, **env, "D3D_BUILD_DIR": str(tmp_path / "nobuild")})  # fmt: skip
+    # The locator from the installed copy: the compiled op of these sources is found; no CMake library is.
+    env_info = {**env, "D3D_BUILD_DIR": str(tmp_path / "nobuild"), "D3D_TRT_PLUGIN": "", "D3D_ORT_OPS": ""}
+    info = _run([str(d3d_exe), "info", "--json"], tmp_path, env_info)
     assert info.returncode == 0, info.stderr
-    assert '"trt_plugin_library": null' in info.stdout or "trt_plugin_library" in info.stdout
+    libs = json.loads(info.stdout)["native_libraries"]
+    assert libs["trt_plugin_library"] is None and libs["ort_ops_library"] is None
+    assert libs["torch_op_library"] and Path(libs["torch_op_library"]).is_file()

@@ -85,3 +85,46 @@ def test_interrupt_while_the_network_runs(tmp_path, slow_checkpoint, backend):
     assert err.strip().splitlines()[-1] == "d3d: interrupted (SIGINT); partial outputs removed"
     assert seconds < 2.0
     assert snapshot(tmp_path) == before
+
+
+def test_interrupt_while_encoding_a_video(tmp_path, slow_checkpoint):
+    """A video output: the temporary file being encoded is removed, nothing else changes."""
+    write_frames(tmp_path / "frames", 8, size=(48, 48))
+    before = snapshot(tmp_path)
+    cmd = [sys.executable, "-m", "d3d.cli", "upscale", "frames", "--checkpoint", str(slow_checkpoint), "--backend",
+           "onnxruntime", "-o", "out.mp4", "-q", "--no-estimate"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: any(tmp_path.glob(".out.*.mp4")), proc)
+    time.sleep(0.5)
+    rc, err, seconds = _interrupt(proc, signal.SIGTERM)
+    assert rc == 143, err
+    assert err.strip().splitlines()[-1] == "d3d: interrupted (SIGTERM); partial outputs removed"
+    assert seconds < 2.0
+    assert snapshot(tmp_path) == before
+
+
+def test_interrupt_during_the_first_use_export(tmp_path, slow_checkpoint):
+    """SIGINT while the checkpoint is exported to the ONNX cache: no output, no cache file, no temp file."""
+    import os
+
+    from d3d._native import cache_dir
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "torch_ext").symlink_to(cache_dir() / "torch_ext", target_is_directory=True)
+    write_frames(tmp_path / "frames", 4, size=(32, 32))
+    before = snapshot(tmp_path / "frames")
+    cmd = [sys.executable, "-m", "d3d.cli", "upscale", "frames", "--checkpoint", str(slow_checkpoint), "-o", "out",
+           "-q"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "D3D_CACHE_DIR": str(cache)})  # fmt: skip
+    assert "exporting the model" in proc.stderr.readline()
+    time.sleep(0.3)
+    rc, err, seconds = _interrupt(proc, signal.SIGINT)
+    assert rc == 130, err
+    assert err.strip().splitlines()[-1] == "d3d: interrupted (SIGINT); partial outputs removed"
+    assert seconds < 2.0
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    cached = list((cache / "onnx").iterdir()) if (cache / "onnx").exists() else []
+    assert cached == []  # neither a half-written export nor its temporary file
+    assert snapshot(tmp_path / "frames") == before
