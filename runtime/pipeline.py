@@ -1,15 +1,25 @@
 """Streaming video super-resolution: decode each frame once, keep only the window, write atomically.
 
 Frame i is upscaled from frames i-h .. i+h (h = frames // 2), indices clamped at the ends as in the
-seed. Y goes through the network; Cb/Cr are upscaled bicubically (the seed's handling). Memory is
-bounded by the window, not by the video's length.
+seed. Y goes through the network; chroma is upscaled bicubically. Y'CbCr video is worked on in its
+decoded planes with its own colour tags and bit depth (:mod:`d3d.runtime.video`); RGB sources take the
+seed's BT.601 conversion. Memory is bounded by the window, not by the video's length.
+
+Three stages overlap (:func:`run_upscale`): a decoder thread (demux, decode, convert to the network's Y),
+the network in the calling thread, and a writer thread (chroma upscale, conversion to code values,
+encode, mux, stream copy), joined by small bounded queues. The calling thread only waits in short
+slices, so SIGINT/SIGTERM reach it promptly; every stage stops at its next queue operation and the
+output is aborted (nothing left behind).
 """
 
 from __future__ import annotations
 
+import queue
 import re
+import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -23,61 +33,209 @@ from d3d.color import rgb_to_ycbcr, ycbcr_to_rgb
 from d3d.errors import D3DError
 from d3d.outputs import check_target, write_manifest
 from d3d.runtime.backends.base import Runner, peak_rss_mb
+from d3d.runtime.video import (
+    ENCODERS,
+    Copy,
+    PlaneFormat,
+    is_pipe,
+    luma_to_net,
+    make_frame,
+    net_to_luma,
+    open_pipe_input,
+    open_pipe_output,
+    plan_copies,
+    plane_format,
+    read_planes,
+    seconds,
+    supported_codecs,
+    to_codes,
+)
 
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v"}
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+@dataclass
+class RawFrame:
+    """A decoded input frame: an ``av.VideoFrame`` or an RGB uint8 ``[H, W, 3]`` array, with its time."""
+
+    index: int
+    image: object
+    pts: int | None = None
+    time_base: Fraction | None = None
+
+
+@dataclass
+class InFrame:
+    """A frame ready for the network: ``y`` ``[1, h, w]`` float32 (the seed's Y scale), and its chroma:
+    ``cbcr`` (seed's Cb/Cr in [0, 1], RGB route) or ``planes`` (Cb/Cr code values, float32)."""
+
+    index: int
+    y: np.ndarray
+    cbcr: np.ndarray | None = None
+    planes: np.ndarray | None = None
+    pts: int | None = None
+    time_base: Fraction | None = None
+
+
+@dataclass
+class OutFrame:
+    """An output frame: RGB uint8, Y'CbCr code-value planes in ``pf``'s layout, or 16-bit Y."""
+
+    index: int
+    pts: int | None = None
+    time_base: Fraction | None = None
+    rgb: np.ndarray | None = None
+    planes: list[np.ndarray] | None = None
+    pf: PlaneFormat | None = None
+    y16: np.ndarray | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height)."""
+        a = self.rgb if self.rgb is not None else self.y16 if self.y16 is not None else self.planes[0]
+        return a.shape[1], a.shape[0]
+
+    def image(self) -> np.ndarray:
+        """RGB uint8 ``[H, W, 3]`` (Y'CbCr planes converted with their own colour tags), or the Y16 plane."""
+        if self.y16 is not None:
+            return self.y16
+        if self.rgb is not None:
+            return self.rgb
+        return make_frame(self.planes, self.pf).to_ndarray(format="rgb24")
 
 
 # --- Sources -------------------------------------------------------------------------------------
 
 
 class FrameSource:
-    """Yields ``(index, rgb uint8 [H, W, 3])``; every frame must have the first frame's size."""
+    """Frames in order, every one of the first frame's size. Subclasses give :meth:`frames` (RGB) or
+    :meth:`events` (decoded frames and packets of streams to copy)."""
 
     path: Path
     fps: Fraction = Fraction(25)
+    time_base: Fraction | None = None
     total: int | None = None
     size: tuple[int, int] | None = None  # (height, width) of the frames, known before decoding
     first_name: str = ""  # what the summary names: first and last file (or frame) read
     last_name: str = ""
+    plane_format: PlaneFormat | None = None  # Y'CbCr planes as decoded; None: the seed's RGB route
 
     def frames(self) -> Iterator[tuple[int, np.ndarray]]:  # pragma: no cover - interface
+        """``(index, rgb uint8 [H, W, 3])``."""
         raise NotImplementedError
+
+    def events(self) -> Iterator[RawFrame | object]:
+        """Decoded frames (:class:`RawFrame`) and, interleaved, packets of other streams."""
+        tb = 1 / self.fps
+        for n, (i, rgb) in enumerate(self.frames()):
+            yield RawFrame(i, rgb, n, tb)
+
+    def close(self) -> None:
+        return None
 
 
 class VideoSource(FrameSource):
+    """A video file, or a y4m stream on stdin (``-``). Opened once; the first frame is decoded here, so
+    its pixel format, colour tags and rotation are known before any output is made."""
+
     def __init__(self, path: Path, start: int = 0, max_frames: int | None = None) -> None:
         import av
 
         self.path, self.start, self.max_frames = path, start, max_frames
+        self.pipe = is_pipe(path)
         try:
-            with av.open(str(path)) as c:
-                if not c.streams.video:
-                    raise D3DError(f"{path}: has no video stream")
-                s = c.streams.video[0]
-                self.fps = Fraction(s.average_rate) if s.average_rate else Fraction(25)
-                self.declared = s.frames or None
-                if s.codec_context.height and s.codec_context.width:
-                    self.size = (s.codec_context.height, s.codec_context.width)
+            self.container = open_pipe_input() if self.pipe else av.open(str(path))
         except av.error.FFmpegError as exc:
             raise D3DError(f"{path}: cannot open video ({exc})") from None
+        c = self.container
+        if not c.streams.video:
+            c.close()
+            raise D3DError(f"{path}: has no video stream")
+        s = self.stream = c.streams.video[0]
+        self.fps = Fraction(s.average_rate) if s.average_rate else Fraction(25)
+        self.time_base = Fraction(s.time_base) if s.time_base else 1 / self.fps
+        self.declared = s.frames or None
+        if s.codec_context.height and s.codec_context.width:
+            self.size = (s.codec_context.height, s.codec_context.width)
         if self.declared is not None:
             n = max(0, self.declared - start)
             self.total = min(n, max_frames) if max_frames is not None else n
-        self.first_name = f"{path.name} frame {start}"
+        self.first_name = f"{'stdin' if self.pipe else path.name} frame {start}"
+        self.metadata = dict(c.metadata)
+        self.stream_metadata = dict(s.metadata)
+        try:
+            self.chapters = list(c.chapters())
+        except (AttributeError, av.error.FFmpegError):
+            self.chapters = []
+        self.rotation = 0
+        self.busy = False
+        self._events = self._demux()
+        self._held: list = []
+        for event in self._events:  # peek at the first frame (packets before it are kept for later)
+            self._held.append(event)
+            if isinstance(event, RawFrame):
+                self.plane_format = plane_format(event.image)
+                self.rotation = round(getattr(event.image, "rotation", 0) or 0)
+                break
+        else:
+            raise D3DError(f"{path}: no frames decoded")
+
+    def events(self) -> Iterator[RawFrame | object]:
+        while self._held:
+            yield self._held.pop(0)
+        yield from self._events
 
     def frames(self) -> Iterator[tuple[int, np.ndarray]]:
+        for e in self.events():
+            if isinstance(e, RawFrame):
+                yield e.index, e.image.to_ndarray(format="rgb24")
+
+    def _demux(self) -> Iterator[RawFrame | object]:
+        """Frames from ``start`` on (``max_frames`` of them) and the other streams' packets. With a
+        start or a frame limit, copied packets are kept to the frames' time span (at packet
+        granularity) and every timestamp is shifted so the first frame is at its start time."""
         import av
 
-        count, index = 0, -1
-        size = None
+        vidx, tb = self.stream.index, self.time_base
+        shift: float | None = None if self.start > 0 else 0.0
+        held: list = []  # packets seen before the first kept frame fixed the shift
+        t_end: float | None = None  # end of the last kept frame, once the limit is reached
+        count, index, size = 0, -1, None
+
+        def shifted(packet):
+            if shift:
+                ticks = round(shift / packet.time_base)
+                if packet.pts is not None:
+                    packet.pts -= ticks
+                if packet.dts is not None:
+                    packet.dts -= ticks
+            return packet
+
         try:
-            with av.open(str(self.path)) as c:
-                for index, frame in enumerate(c.decode(video=0)):
+            for packet in self.container.demux():
+                if packet.stream.index != vidx:
+                    if packet.dts is None and packet.pts is None:
+                        continue  # a flush packet
+                    t = seconds(packet.pts if packet.pts is not None else packet.dts, packet.time_base) or 0.0
+                    if t_end is not None and t >= t_end:
+                        if t >= t_end + 1.0:
+                            return
+                        continue
+                    if shift is None:
+                        held.append(packet)
+                    elif self.start == 0 or t >= shift:
+                        yield shifted(packet)
+                    continue
+                if t_end is not None:
+                    t = seconds(packet.pts, packet.time_base)
+                    if t is None or t >= t_end + 1.0:
+                        return
+                    continue
+                for frame in packet.decode():
+                    index += 1
                     if index < self.start:
                         continue
-                    if self.max_frames is not None and count >= self.max_frames:
-                        return
                     if size is None:
                         size = (frame.height, frame.width)
                     elif (frame.height, frame.width) != size:
@@ -85,19 +243,32 @@ class VideoSource(FrameSource):
                             f"{self.path}: frame {index} is {frame.width}x{frame.height}, "
                             f"the first was {size[1]}x{size[0]}"
                         )
+                    pts = frame.pts if frame.pts is not None else round(index / self.fps / tb)
+                    if shift is None:
+                        shift = float(pts * tb)
+                        yield from (shifted(p) for p in held if seconds(p.pts or p.dts, p.time_base) >= shift)
+                        held.clear()
                     count += 1
-                    self.last_name = f"{self.path.name} frame {index}"
-                    yield index, frame.to_ndarray(format="rgb24")
+                    self.last_name = f"{'stdin' if self.pipe else self.path.name} frame {index}"
+                    yield RawFrame(index, frame, pts - round(shift / tb) if shift else pts, tb)
+                    if self.max_frames is not None and count >= self.max_frames:
+                        dur = frame.duration or round(1 / self.fps / tb)
+                        t_end = float((pts + dur) * tb)
+                        break
         except av.error.FFmpegError as exc:
             raise D3DError(f"{self.path}: frame {index + 1}: cannot decode ({exc})") from None
         # A truncated file often ends without a decoder error: compare with the declared length.
-        wanted = self.total if self.total is not None else None
-        if wanted is not None and count < wanted:
+        if self.total is not None and count < self.total and t_end is None:
             raise D3DError(
-                f"{self.path}: truncated or corrupt: decoded {count} of {wanted} frames (stopped after frame {index})"
+                f"{self.path}: truncated or corrupt: decoded {count} of {self.total} frames "
+                f"(stopped after frame {index})"
             )
-        if count == 0:
-            raise D3DError(f"{self.path}: no frames decoded")
+        if count == 0 and self.start > 0:
+            raise D3DError(f"{self.path}: --start {self.start} is past the last of its {index + 1} frames")
+
+    def close(self) -> None:
+        if not self.busy:  # a decoder thread still blocked on a pipe owns the container
+            self.container.close()
 
 
 class FolderSource(FrameSource):
@@ -153,6 +324,9 @@ def _image_size(path: Path) -> tuple[int, int] | None:
 
 
 def open_source(path: Path, start: int = 0, max_frames: int | None = None) -> FrameSource:
+    """A frame folder, a video file, or ``-``: a y4m stream on stdin."""
+    if is_pipe(path):
+        return VideoSource(path, start, max_frames)
     if path.is_dir():
         return FolderSource(path, start, max_frames)
     if not path.exists():
@@ -165,7 +339,11 @@ def read_window_y(frames: int, size: tuple[int, int], clip: str = "bikes", start
     from d3d.samples import sample_clip
 
     path = sample_clip(clip)
-    rgb = [f for _, f in VideoSource(path, start, frames).frames()]
+    source = VideoSource(path, start, frames)
+    try:
+        rgb = [f for _, f in source.frames()]
+    finally:
+        source.close()
     x = torch.from_numpy(np.stack(rgb)).permute(0, 3, 1, 2).float() / 255
     h, w = size
     top, left = (x.shape[2] - h) // 2, (x.shape[3] - w) // 2
@@ -178,10 +356,19 @@ def read_window_y(frames: int, size: tuple[int, int], clip: str = "bikes", start
 
 
 class FrameSink:
-    """Writes to a temporary sibling and renames it on ``commit``: a failure leaves nothing behind."""
+    """Writes to a temporary sibling and renames it on ``commit``: a failure leaves nothing behind.
+    ``write``/``copy``/``finish`` may run in a writer thread; ``commit``/``abort`` in the caller's."""
 
-    def write(self, frame: np.ndarray) -> None:  # pragma: no cover - interface
+    def write(self, frame: OutFrame | np.ndarray) -> None:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def copy(self, packet) -> None:
+        """A packet of a copied stream (ignored by sinks that carry video only)."""
+        return None
+
+    def finish(self) -> None:
+        """Flushes the encoder and closes the container (the file stays temporary)."""
+        return None
 
     def commit(self) -> None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -191,38 +378,139 @@ class FrameSink:
 
 
 class VideoSink(FrameSink):
-    """H.264 (libx264, yuv420p) in the container the extension names."""
+    """A video file (libx264 by default, in the container the extension names) or, for ``-``, a y4m
+    stream on stdout. Y'CbCr sources keep their layout, bit depth and colour tags; the streams in
+    ``copies`` are stream-copied; chapters, metadata, rotation and timestamps are carried over."""
 
-    def __init__(self, path: Path, fps: Fraction, crf: int = 18) -> None:
+    def __init__(
+        self,
+        path: Path,
+        source: FrameSource,
+        size: tuple[int, int] | None,
+        crf: int = 18,
+        codec: str = "libx264",
+        copies: Iterable[Copy] = (),
+    ) -> None:
         import av
 
-        self._file = AtomicFile(path)
-        self._container = av.open(str(self._file.tmp), "w")
-        self._stream = self._container.add_stream("libx264", rate=fps, options={"crf": str(crf)})
-        self._stream.pix_fmt = "yuv420p"
-        self._started = False
+        self.pipe = is_pipe(path)
+        self._file = None if self.pipe else AtomicFile(path)
+        self._closed = False
+        try:
+            self._container = open_pipe_output() if self.pipe else av.open(str(self._file.tmp), "w")
+            self._setup(av, source, size, crf, codec, copies)
+        except BaseException:
+            self.abort()
+            raise
 
-    def write(self, frame: np.ndarray) -> None:
+    def _setup(self, av, source: FrameSource, size, crf: int, codec: str, copies: Iterable[Copy]) -> None:
+        c, pf = self._container, source.plane_format
+        if codec not in ENCODERS:
+            raise D3DError(f"unknown --codec {codec!r}: use {', '.join(ENCODERS)}")
+        name = "wrapped_avframe" if self.pipe else codec
+        options = {"crf": str(crf)} if name in ("libx264", "libx265") else {}
+        if name == "libx265":
+            options["x265-params"] = "log-level=error"
+        s = self._stream = c.add_stream(name, rate=source.fps, options=options)
+        pix_fmt = pf.pix_fmt if pf is not None else "yuv420p"
+        formats = {f.name for f in (s.codec_context.codec.video_formats or [])}
+        if formats and pix_fmt not in formats and pix_fmt.startswith("yuvj"):
+            pix_fmt = "yuv" + pix_fmt[4:]  # same layout; the full range travels in the colour tags
+        if formats and pix_fmt not in formats:
+            raise D3DError(f"--codec {codec} cannot write {pix_fmt}: choose another --codec")
+        s.pix_fmt = pix_fmt
+        self._pix_fmt = pix_fmt
+        if size is not None:
+            s.height, s.width = size
+        if source.time_base is not None:
+            s.codec_context.time_base = source.time_base  # each frame keeps its own timestamp (VFR too)
+        if pf is not None:
+            cc = s.codec_context
+            cc.colorspace, cc.color_range = pf.colorspace, pf.color_range
+            cc.color_primaries, cc.color_trc = pf.color_primaries, pf.color_trc
+        self._map: dict[int, object] = {}
+        self._pending: list = []  # copied packets that arrive before the first video frame
+        self._started = size is not None
+        if self.pipe or not isinstance(source, VideoSource):
+            return
+        if source.rotation:
+            s.set_display_rotation(source.rotation)
+        s.metadata.update({k: v for k, v in source.stream_metadata.items() if k not in ("encoder", "duration")})
+        c.metadata.update({k: v for k, v in source.metadata.items() if k not in ("encoder", "duration")})
+        if source.chapters:
+            c.set_chapters(source.chapters)
+        for copy in copies:
+            in_stream = source.container.streams[copy.index]
+            out = c.add_stream_from_template(in_stream)
+            out.metadata.update(in_stream.metadata)
+            try:
+                out.disposition = in_stream.disposition
+            except (AttributeError, TypeError, ValueError):
+                pass
+            self._map[copy.index] = out
+
+    def write(self, frame: OutFrame | np.ndarray) -> None:
         import av
 
+        if isinstance(frame, np.ndarray):
+            frame = OutFrame(0, rgb=frame)
         if not self._started:
-            self._stream.height, self._stream.width = frame.shape[:2]
+            self._stream.width, self._stream.height = frame.size
             self._started = True
-        for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+        if frame.planes is not None:
+            vf = make_frame(frame.planes, frame.pf)
+            if vf.format.name != self._pix_fmt:
+                vf = vf.reformat(format=self._pix_fmt)
+        else:
+            vf = av.VideoFrame.from_ndarray(frame.rgb, format="rgb24")
+        if frame.pts is not None and frame.time_base is not None:
+            vf.pts, vf.time_base = frame.pts, frame.time_base
+        for packet in self._stream.encode(vf):
             self._container.mux(packet)
+        if self._pending:
+            pending, self._pending = self._pending, []
+            for p in pending:
+                self.copy(p)
 
-    def commit(self) -> None:
+    def copy(self, packet) -> None:
+        out = self._map.get(packet.stream.index)
+        if out is None:
+            return
+        if not self._started:
+            self._pending.append(packet)
+            return
+        packet.stream = out
+        self._container.mux(packet)
+
+    def finish(self) -> None:
+        if self._closed:
+            return
         for packet in self._stream.encode():
             self._container.mux(packet)
+        for p in self._pending:  # only where no frame was written
+            out = self._map.get(p.stream.index)
+            if out is not None:
+                p.stream = out
+                self._container.mux(p)
+        self._closed = True
         self._container.close()
-        self._file.commit()
+
+    def commit(self) -> None:
+        self.finish()
+        if self._file is not None:
+            self._file.commit()
+        else:
+            sys.stdout.flush()
 
     def abort(self) -> None:
-        try:
-            self._container.close()
-        except Exception:
-            pass
-        self._file.abort()
+        if not self._closed:
+            self._closed = True
+            try:
+                self._container.close()
+            except Exception:
+                pass
+        if self._file is not None:
+            self._file.abort()
 
 
 class PngFolderSink(FrameSink):
@@ -234,17 +522,18 @@ class PngFolderSink(FrameSink):
         self.tmp = self._dir.tmp
         self.names: list[str] = []
 
-    def write(self, frame: np.ndarray) -> None:
+    def write(self, frame: OutFrame | np.ndarray) -> None:
         import av
 
+        image = frame if isinstance(frame, np.ndarray) else frame.image()
         # PNG stores 16-bit samples big-endian; PyAV converts the native-endian frame on encode.
         fmt = "gray16le" if self.y16 else "rgb24"
         name = f"frame_{self.count:06d}.png"
         with av.open(str(self.tmp / name), "w", format="image2") as out:
             stream = out.add_stream("png", rate=1)
-            stream.height, stream.width = frame.shape[:2]
+            stream.height, stream.width = image.shape[:2]
             stream.pix_fmt = "gray16be" if self.y16 else "rgb24"
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format=fmt)):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format=fmt)):
                 out.mux(packet)
             for packet in stream.encode():
                 out.mux(packet)
@@ -260,25 +549,46 @@ class PngFolderSink(FrameSink):
 
 
 def check_sink(path: Path, y16: bool = False, overwrite: bool = False, inputs: tuple[Path | None, ...] = ()) -> None:
-    """The output policy (:mod:`d3d.outputs`) for a video file or a frame folder, before any work."""
+    """The output policy (:mod:`d3d.outputs`) for a video file or a frame folder, before any work.
+    ``-`` (stdout) is no file: nothing there can be lost."""
+    if is_pipe(path):
+        if y16:
+            raise D3DError("--y-only writes 16-bit PNG frames: give a folder as output, not - (stdout)")
+        return
     video = path.suffix.lower() in VIDEO_EXTENSIONS
     if video and y16:
         raise D3DError("--y-only writes 16-bit PNG frames: give a folder as output, not a video file")
+    inputs = tuple(i for i in inputs if not is_pipe(i))
     check_target(path, inputs=inputs, overwrite=overwrite, folder=not video, what="output")
+
+
+def plan_streams(path: Path, source: FrameSource, drop_unsupported: bool = False) -> list[Copy]:
+    """The streams of ``source`` to copy into ``path``; refuses (one line) what its container cannot
+    carry unless ``drop_unsupported``. Run before any slow work."""
+    if not isinstance(source, VideoSource):
+        return []
+    video_file = not is_pipe(path) and path.suffix.lower() in VIDEO_EXTENSIONS
+    supported = supported_codecs(path) if video_file else None
+    return plan_copies(source.container, source.stream.index, path, supported, drop_unsupported)
 
 
 def open_sink(
     path: Path,
-    fps: Fraction,
+    source: FrameSource,
     y16: bool = False,
     overwrite: bool = False,
     crf: int = 18,
     inputs: tuple[Path | None, ...] = (),
+    codec: str = "libx264",
+    copies: Iterable[Copy] = (),
+    size: tuple[int, int] | None = None,
 ) -> FrameSink:
+    """The sink for ``path``: a video file, ``-`` (y4m on stdout) or a PNG folder. ``size``: the output
+    (height, width) where known."""
     check_sink(path, y16, overwrite, inputs)
     try:
-        if path.suffix.lower() in VIDEO_EXTENSIONS:
-            return VideoSink(path, fps, crf)
+        if is_pipe(path) or path.suffix.lower() in VIDEO_EXTENSIONS:
+            return VideoSink(path, source, size, crf, codec, copies)
         return PngFolderSink(path, y16)
     except OSError as exc:
         raise D3DError(f"{path}: cannot write ({exc.strerror or exc})") from None
@@ -293,6 +603,8 @@ class UpscaleOptions:
     tile_overlap: int = 8  # LR pixels of context on each side of a tile
     downscale: int = 1  # bicubic pre-downscale (simulate LR from HR footage)
     y_only: bool = False  # emit the network's Y output instead of RGB
+    overlap: bool = True  # decode and encode in threads beside the network (False: one thread, serial)
+    queue_size: int = 4  # frames between stages (bounds the memory the overlap adds)
 
 
 @dataclass
@@ -307,10 +619,24 @@ class Summary:
     input_size: tuple[int, int] = (0, 0)
     output_size: tuple[int, int] = (0, 0)
     peak_rss_mb: float = 0.0
+    network_seconds: float = 0.0  # time spent in the network alone (the rest overlaps or is I/O)
+    colour: str = ""  # the planes worked on, or the seed's RGB route
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def network_fps(self) -> float:
+        return self.frames / self.network_seconds if self.network_seconds > 0 else 0.0
+
+
+def _resize(x: np.ndarray, size: tuple[int, int], antialias: bool = False) -> np.ndarray:
+    """Bicubic resize of ``[C, h, w]`` float32 planes (torch's kernel, a = -0.75, half-pixel centres)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    t = torch.from_numpy(np.ascontiguousarray(x))[None]
+    return F.interpolate(t, size=size, mode="bicubic", align_corners=False, antialias=antialias)[0].numpy()
 
 
 def _to_ycbcr(rgb: np.ndarray, downscale: int) -> tuple[np.ndarray, np.ndarray]:
@@ -320,6 +646,41 @@ def _to_ycbcr(rgb: np.ndarray, downscale: int) -> tuple[np.ndarray, np.ndarray]:
         x = F.interpolate(x[None], size=(h, w), mode="bicubic", align_corners=False, antialias=True)[0].clamp_(0, 1)
     ycc = rgb_to_ycbcr(x)
     return ycc[:1].numpy(), ycc[1:].numpy()
+
+
+def prepare(raw: RawFrame, pf: PlaneFormat | None, downscale: int = 1) -> InFrame:
+    """Decoder-side conversion: the network's Y, and the chroma kept for the output."""
+    image = raw.image
+    if isinstance(image, np.ndarray) or pf is None:
+        rgb = image if isinstance(image, np.ndarray) else image.to_ndarray(format="rgb24")
+        y, cbcr = _to_ycbcr(rgb, downscale)
+        return InFrame(raw.index, y, cbcr=cbcr, pts=raw.pts, time_base=raw.time_base)
+    luma, cb, cr = read_planes(image, pf)
+    y = luma_to_net(luma, pf)[None]
+    chroma = np.stack([cb, cr]).astype(np.float32)
+    if downscale > 1:
+        h, w = luma.shape[0] // downscale, luma.shape[1] // downscale
+        y = np.clip(_resize(y, (h, w), antialias=True), 0, None)
+        chroma = _resize(chroma, pf.chroma_size(h, w), antialias=True)
+    return InFrame(raw.index, np.ascontiguousarray(y, dtype=np.float32), planes=chroma, pts=raw.pts,
+                   time_base=raw.time_base)  # fmt: skip
+
+
+def finish(y_sr: np.ndarray, frame: InFrame, pf: PlaneFormat | None, opts: UpscaleOptions, scale: int) -> OutFrame:
+    """Writer-side conversion of the network's Y and the frame's chroma into an output frame."""
+    out = OutFrame(frame.index, frame.pts, frame.time_base)
+    if opts.y_only:
+        out.y16 = (np.clip(y_sr[0], 0, 1) * 65535 + 0.5).astype(np.uint16)
+        return out
+    h, w = y_sr.shape[-2:]
+    if frame.planes is not None:
+        chroma = _resize(frame.planes, pf.chroma_size(h, w))
+        out.planes, out.pf = [net_to_luma(y_sr[0], pf), to_codes(chroma[0], pf), to_codes(chroma[1], pf)], pf
+        return out
+    cbcr_up = F.interpolate(torch.from_numpy(frame.cbcr)[None], size=(h, w), mode="bicubic", align_corners=False)[0]
+    rgb = ycbcr_to_rgb(torch.cat([torch.from_numpy(y_sr), cbcr_up])).clamp_(0, 1)
+    out.rgb = (rgb.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    return out
 
 
 def _tiled(runner: Runner, window: np.ndarray, tile: int, overlap: int, scale: int) -> np.ndarray:
@@ -343,67 +704,288 @@ def _tiled(runner: Runner, window: np.ndarray, tile: int, overlap: int, scale: i
     return out
 
 
-def upscale_stream(
-    source: FrameSource, runner: Runner, opts: UpscaleOptions
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yields ``(index, y_sr [C, sH, sW] float32, output frame)`` in order; the output frame is RGB
-    uint8, or with ``y_only`` the clamped Y as uint16."""
+def _network(items: Iterable[InFrame | object], runner: Runner, opts: UpscaleOptions, clock: list[float]):
+    """The network stage: yields ``(InFrame, y_sr)`` in frame order, and other items (packets) as they
+    come. ``clock[0]`` accumulates the seconds spent in the network."""
     cfg = runner.config
     if cfg.in_channels != 1:
         raise D3DError(f"the video pipeline feeds the Y channel: the model has {cfg.in_channels} input channels")
     t, half, scale = cfg.frames, cfg.frames // 2, cfg.scale
-    ring: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # slot -> (Y [1,H,W], CbCr [2,H,W])
-    frame_ids: dict[int, int] = {}  # slot -> frame index it holds
+    ring: dict[int, InFrame] = {}  # slot -> frame it holds
 
     def emit(i: int, last: int):
         slots = [min(max(j, 0), last) % t for j in range(i - half, i + half + 1)]
+        t0 = time.perf_counter()
         if opts.tile:
-            window = np.stack([ring[s][0] for s in slots], axis=1)[None]
+            window = np.stack([ring[s].y for s in slots], axis=1)[None]
             y_sr = _tiled(runner, window, opts.tile, opts.tile_overlap, scale)
         else:
             y_sr = runner.run(slots)
-        if opts.y_only:
-            return i, y_sr, (np.clip(y_sr[0], 0, 1) * 65535 + 0.5).astype(np.uint16)
-        cbcr = torch.from_numpy(ring[i % t][1])[None]
-        cbcr_up = F.interpolate(cbcr, scale_factor=scale, mode="bicubic", align_corners=False)[0]
-        rgb = ycbcr_to_rgb(torch.cat([torch.from_numpy(y_sr), cbcr_up])).clamp_(0, 1)
-        return i, y_sr, (rgb.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        clock[0] += time.perf_counter() - t0
+        return ring[i % t], y_sr
 
-    next_out, n = 0, 0
-    for n, (_, rgb) in enumerate(source.frames()):
-        y, cbcr = _to_ycbcr(rgb, opts.downscale)
+    next_out, n = 0, -1
+    for item in items:
+        if not isinstance(item, InFrame):
+            yield item
+            continue
+        n += 1
         slot = n % t
-        ring[slot], frame_ids[slot] = (y, cbcr), n
+        ring[slot] = item
         if not opts.tile:  # tiles are cut from the host ring instead
-            runner.put(slot, y)
+            runner.put(slot, item.y)
         while next_out + half <= n:
             yield emit(next_out, n)
             next_out += 1
     last = n
-    while next_out <= last and frame_ids:
+    while 0 <= next_out <= last:
         yield emit(next_out, last)
         next_out += 1
 
 
+def upscale_stream(
+    source: FrameSource, runner: Runner, opts: UpscaleOptions
+) -> Iterator[tuple[int, np.ndarray, OutFrame]]:
+    """Serially, ``(index, y_sr [C, sH, sW] float32, output frame)`` in order (other streams skipped)."""
+    pf = source.plane_format
+    items = (prepare(e, pf, opts.downscale) for e in source.events() if isinstance(e, RawFrame))
+    for frame, y_sr in _network(items, runner, opts, [0.0]):
+        yield frame.index, y_sr, finish(y_sr, frame, pf, opts, runner.config.scale)
+
+
+# --- Running the stages --------------------------------------------------------------------------
+
+WAIT_SLICE_S = 0.05  # how often a waiting thread looks at the stop flag (and the main thread at signals)
+_END = object()
+
+
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class _Stopped(Exception):
+    """Raised inside a stage thread when the pipeline is stopping."""
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> None:
+    while True:
+        if stop.is_set():
+            raise _Stopped
+        try:
+            q.put(item, timeout=WAIT_SLICE_S)
+            return
+        except queue.Full:
+            continue
+
+
+def _get(q: queue.Queue, stop: threading.Event, alive: threading.Thread | None = None):
+    while True:
+        if stop.is_set():
+            raise _Stopped
+        try:
+            return q.get(timeout=WAIT_SLICE_S)
+        except queue.Empty:
+            if alive is not None and not alive.is_alive() and q.empty():
+                raise _Stopped from None
+
+
 def run_upscale(source: FrameSource, runner: Runner, sink: FrameSink, opts: UpscaleOptions, progress=None) -> Summary:
-    """Drives :func:`upscale_stream` into ``sink``; on any failure the sink is aborted (nothing left)."""
+    """Streams ``source`` through ``runner`` into ``sink``; on any failure or interrupt every stage
+    stops and the sink is aborted (nothing left behind)."""
     summary = Summary(backend=runner.describe(), precision=runner.precision)
+    pf = source.plane_format
+    summary.colour = pf.describe() if pf is not None else "RGB (the seed's BT.601 conversion)"
+    scale = runner.config.scale
+    clock = [0.0]
     start = time.perf_counter()
+
+    def tick():
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix_str(f"{summary.frames / (time.perf_counter() - start):.2f} frames/s")
+
+    def written(out: OutFrame) -> None:
+        if summary.frames == 0:
+            summary.output_size = out.size
+            summary.input_size = (out.size[0] // scale, out.size[1] // scale)
+        summary.frames += 1
+
     try:
-        for _, y_sr, frame in upscale_stream(source, runner, opts):
-            sink.write(frame)
-            if summary.frames == 0:
-                summary.output_size = (frame.shape[1], frame.shape[0])
-                summary.input_size = (y_sr.shape[-1] // runner.config.scale, y_sr.shape[-2] // runner.config.scale)
-            summary.frames += 1
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix_str(f"{summary.frames / (time.perf_counter() - start):.2f} frames/s")
+        if opts.overlap:
+            _run_overlapped(source, runner, sink, opts, clock, written, tick)
+        else:
+            items = (prepare(e, pf, opts.downscale) if isinstance(e, RawFrame) else e for e in source.events())
+            for item in _network(items, runner, opts, clock):
+                if isinstance(item, tuple):
+                    out = finish(item[1], item[0], pf, opts, scale)
+                    sink.write(out)
+                    written(out)
+                    tick()
+                else:
+                    sink.copy(item)
+            sink.finish()
         sink.commit()
     except BaseException:
         sink.abort()
         raise
     summary.seconds = time.perf_counter() - start
+    summary.network_seconds = clock[0]
     summary.peak_rss_mb = peak_rss_mb()
     summary.first_file, summary.last_file = source.first_name, source.last_name
     return summary
+
+
+def _run_overlapped(source, runner, sink, opts, clock, written, tick) -> None:
+    """Decoder thread -> network (this thread) -> writer thread, joined by bounded queues."""
+    pf, scale = source.plane_format, runner.config.scale
+    stop = threading.Event()
+    q_in: queue.Queue = queue.Queue(maxsize=opts.queue_size * 4)  # packets travel here too
+    q_out: queue.Queue = queue.Queue(maxsize=opts.queue_size * 4)
+    failure: list[BaseException] = []
+
+    def decode() -> None:
+        try:
+            for e in source.events():
+                _put(q_in, prepare(e, pf, opts.downscale) if isinstance(e, RawFrame) else e, stop)
+            _put(q_in, _END, stop)
+        except _Stopped:
+            pass
+        except BaseException as exc:
+            try:
+                _put(q_in, _Failed(exc), stop)
+            except _Stopped:
+                pass
+
+    def write() -> None:
+        try:
+            while True:
+                item = _get(q_out, stop)
+                if item is _END:
+                    sink.finish()
+                    return
+                if isinstance(item, tuple):
+                    out = finish(item[1], item[0], pf, opts, scale)
+                    sink.write(out)
+                    written(out)
+                else:
+                    sink.copy(item)
+        except _Stopped:
+            pass
+        except BaseException as exc:
+            failure.append(exc)
+            stop.set()
+
+    decoder = threading.Thread(target=decode, name="d3d-decode", daemon=True)
+    writer = threading.Thread(target=write, name="d3d-write", daemon=True)
+
+    def inputs():
+        while True:
+            item = _get(q_in, stop, decoder)
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            yield item
+
+    decoder.start()
+    writer.start()
+    try:
+        try:
+            for item in _network(inputs(), runner, opts, clock):
+                _put(q_out, item, stop)
+                if isinstance(item, tuple):
+                    tick()
+            _put(q_out, _END, stop)
+            while writer.is_alive():
+                writer.join(WAIT_SLICE_S)
+        except _Stopped:
+            pass
+        if failure:
+            raise failure[0]
+        if stop.is_set() or (writer.is_alive()):
+            raise D3DError("the pipeline stopped before the last frame was written")
+    finally:
+        stop.set()
+        # The writer is joined before the caller aborts the sink (it owns the container until then);
+        # the decoder may wait on a pipe, holds no output, and is left to end with the process.
+        deadline = time.perf_counter() + 5.0
+        while writer.is_alive() and time.perf_counter() < deadline:
+            writer.join(WAIT_SLICE_S)
+        decoder.join(0.5)
+        if decoder.is_alive() and isinstance(source, VideoSource):
+            source.busy = True
+
+
+# --- Measuring the pipeline (d3d bench) ----------------------------------------------------------
+
+
+def synthetic_clip(path: Path, h: int, w: int, frames: int, fps: int = 25) -> Path:
+    """An H.264 clip (yuv420p) of ``frames`` moving ``w`` x ``h`` frames: the input of a pipeline benchmark."""
+    import av
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(16, 236, (h + frames, w + frames), dtype=np.uint8)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps, options={"crf": "18"})
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for i in range(frames):
+            y = base[i : i + h, i : i + w]
+            cb = np.full(((h + 1) // 2, (w + 1) // 2), 128, np.uint8)
+            pf = PlaneFormat("yuv420p", 8, (1, 1), False)
+            frame = make_frame([y, cb, cb], pf)
+            frame.pts = i
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def time_pipeline(runner: Runner, clip: Path, out: Path, overlap: bool) -> Summary:
+    """Upscales ``clip`` into ``out`` (H.264) with or without the overlapping threads; the summary has the
+    pipeline's frames/s and the network's own."""
+    source = open_source(clip)
+    try:
+        sink = VideoSink(out, source, None)
+        return run_upscale(source, runner, sink, UpscaleOptions(overlap=overlap))
+    finally:
+        source.close()
+
+
+def time_network(runner: Runner, clip: Path) -> float:
+    """Frames/s of the network alone on ``clip``'s frames: every frame decoded and converted first, then
+    only the network stage timed (the reference the pipeline's frames/s is compared with)."""
+    source = open_source(clip)
+    try:
+        pf = source.plane_format
+        frames = [prepare(e, pf) for e in source.events() if isinstance(e, RawFrame)]
+    finally:
+        source.close()
+    clock = [0.0]
+    for _ in _network(frames, runner, UpscaleOptions(), clock):
+        pass
+    return len(frames) / clock[0] if clock[0] > 0 else 0.0
+
+
+def time_io(clip: Path, out: Path, scale: int = 4) -> float:
+    """Frames/s of the pipeline's I/O alone on ``clip``: decode, conversion, chroma upscale, encode and
+    mux, with a bicubic upscale of Y standing in for the network (the work the overlap hides)."""
+    source = open_source(clip)
+    try:
+        pf, opts = source.plane_format, UpscaleOptions()
+        t0 = time.perf_counter()
+        sink = VideoSink(out, source, None)
+        try:
+            for e in source.events():
+                if isinstance(e, RawFrame):
+                    frame = prepare(e, pf)
+                    h, w = frame.y.shape[-2:]
+                    sink.write(finish(_resize(frame.y, (h * scale, w * scale)), frame, pf, opts, scale))
+            sink.commit()
+        except BaseException:
+            sink.abort()
+            raise
+        return (source.total or 0) / (time.perf_counter() - t0)
+    finally:
+        source.close()

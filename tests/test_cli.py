@@ -41,4 +41,8 @@ def test_bench_measures_two_backends(tmp_path, capsys):
         assert r["hr"] == [64, 96]
         assert 0 < r["p50_ms"] <= r["p95_ms"]
         assert r["peak_rss_mb"] > 50 and r["frames_per_s"] > 0
+        # The whole pipeline (decode, network, encode) timed beside the network, serial and overlapped.
+        # (Values only: ratios between them are measurements, too noisy on a shared machine to assert.)
+        assert r["pipeline_frames"] == 8 and r["pipeline_fps"] > 0 and r["pipeline_serial_fps"] > 0
+        assert r["pipeline_network_fps"] > 0 and r["pipeline_io_fps"] > 0
     assert "p50 ms" in capsys.readouterr().out

@@ -110,14 +110,17 @@ def test_upscale_real_frames_matches_pytorch(small, tmp_path):
     got = _read_pngs(out, "gray16le")
     assert len(got) == n and got[0].shape == (36 * 4, 44 * 4)
 
-    # Independent reference: decode, downscale, convert, build clamped windows, run PyTorch.
+    # Independent reference: decode, take the luma plane (8-bit limited range: the seed's Y is code / 255),
+    # downscale, build clamped windows, run PyTorch.
     import torch.nn.functional as F
 
     with av.open(str(sample_clip("carphone"))) as c:
-        rgb = [f.to_ndarray(format="rgb24") for _, f in zip(range(n), c.decode(video=0), strict=False)]
-    x = torch.from_numpy(np.stack(rgb)).permute(0, 3, 1, 2).float() / 255
-    x = F.interpolate(x, size=(36, 44), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-    y = rgb_to_ycbcr(x)[:, :1]  # [n, 1, h, w]
+        luma = []
+        for _, f in zip(range(n), c.decode(video=0), strict=False):
+            p = f.planes[0]
+            luma.append(np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[: f.height, : f.width])
+    x = torch.from_numpy(np.stack(luma)).float()[:, None] / 255
+    y = F.interpolate(x, size=(36, 44), mode="bicubic", align_corners=False, antialias=True).clamp(min=0)
     for i in range(n):
         idx = [min(max(j, 0), n - 1) for j in range(i - 3, i + 4)]
         with torch.no_grad():

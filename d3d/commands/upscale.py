@@ -9,14 +9,21 @@ import sys
 from pathlib import Path
 
 from d3d.commands import add_model_source, add_output_flags, int_at_least, model_source, positive_int
+from d3d.runtime.video import ENCODERS, is_pipe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from d3d.runtime.backends import backend_names
 
-    parser.add_argument("input", nargs="?", type=Path, help="video file or folder of frames (default: --clip)")
     parser.add_argument(
-        "-o", "--output", type=Path, required=True, help="video file (.mp4/.mkv/...: H.264) or folder of PNG frames"
+        "input", nargs="?", type=Path, help="video file, frame folder, or - for a y4m stream on stdin (default: --clip)"
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="video file (.mp4/.mkv/...: H.264), folder of PNG frames, or - for a y4m stream on stdout",
     )
     parser.add_argument("--clip", default="bikes", help="bundled sample clip used when no INPUT is given")
     add_model_source(parser)
@@ -44,7 +51,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--tile", type=int_at_least(0), default=0, help="LR tile size, 0 = whole frame (saves memory)")
     run.add_argument("--tile-overlap", type=int_at_least(0), default=8, help="LR context pixels around each tile")
     out = parser.add_argument_group("output")
-    out.add_argument("--crf", type=int_at_least(0), default=18, help="H.264 quality (lower is better)")
+    out.add_argument("--codec", choices=ENCODERS, default="libx264", help="video encoder (ffv1: lossless, for .mkv)")
+    out.add_argument("--crf", type=int_at_least(0), default=18, help="x264/x265 quality (lower is better)")
+    out.add_argument(
+        "--drop-unsupported-streams",
+        action="store_true",
+        help="leave out input streams the output container cannot carry (default: refuse)",
+    )
+    out.add_argument(
+        "--serial", action="store_true", help="decode, infer and encode in one thread (no overlap; for comparison)"
+    )
     out.add_argument("--y-only", action="store_true", help="write the network's Y output as 16-bit PNG frames")
     add_output_flags(out)
     out.add_argument("--summary-json", type=Path, help="also write the summary as JSON")
@@ -55,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from d3d.errors import D3DError
     from d3d.outputs import check_target, write_output
     from d3d.runtime.backends import choose_backend, create_runner
-    from d3d.runtime.pipeline import check_sink, open_source
+    from d3d.runtime.pipeline import check_sink, open_source, plan_streams
     from d3d.samples import sample_clip
 
     # Everything named must exist, and no output may endanger anything, before any slow work.
@@ -73,38 +89,53 @@ def run(args: argparse.Namespace) -> int:
     path = args.input or sample_clip(args.clip)
     inputs = (path, source_model.path, args.plugin)
     check_sink(args.output, args.y_only, args.overwrite, inputs)
+    if is_pipe(path) and sys.stdin.isatty():
+        raise D3DError("input - reads a y4m stream from stdin: pipe one in (`ffmpeg ... -f yuv4mpegpipe - | d3d ...`)")
     if args.summary_json:
         check_target(args.summary_json, inputs=inputs, overwrite=args.overwrite, what="--summary-json")
-        if Path(args.summary_json).resolve() == Path(args.output).resolve():
+        if not is_pipe(args.output) and Path(args.summary_json).resolve() == Path(args.output).resolve():
             raise D3DError(f"{args.summary_json}: --summary-json and --output are the same path")
+    # With a y4m stream on stdout, every message goes to stderr.
+    say = sys.stderr if is_pipe(args.output) else sys.stdout
     source = open_source(path, args.start, args.max_frames)
-    if source.size is not None:
-        h, w = source.size
-        lr = (h // args.downscale, w // args.downscale)
-        if min(lr) < 1:
-            raise D3DError(f"--downscale {args.downscale} is larger than the {w}x{h} frames of {path}")
-    else:
-        lr = None
-
-    runner = create_runner(backend, source_model, options)
     try:
-        summary = _run(args, path, source, source_model, backend.name, runner, lr, inputs)
+        copies = plan_streams(args.output, source, args.drop_unsupported_streams)
+        if source.size is not None:
+            h, w = source.size
+            lr = (h // args.downscale, w // args.downscale)
+            if min(lr) < 1:
+                raise D3DError(f"--downscale {args.downscale} is larger than the {w}x{h} frames of {path}")
+        else:
+            lr = None
+
+        runner = create_runner(backend, source_model, options)
+        try:
+            summary = _run(args, path, source, source_model, backend.name, runner, lr, inputs, copies, say)
+        finally:
+            runner.close()  # release the backend's threads before any exit, interrupted or not
     finally:
-        runner.close()  # release the backend's threads before any exit, interrupted or not
+        source.close()
     summary.weights = source_model.describe()
     (iw, ih), (ow, oh) = summary.input_size, summary.output_size
     print(
         f"done: {summary.frames} frames ({summary.first_file} .. {summary.last_file}) {iw}x{ih} -> {ow}x{oh} "
-        f"in {summary.seconds:.1f} s ({summary.fps:.2f} frames/s) | {summary.backend} | "
-        f"model: {summary.weights} | peak memory {summary.peak_rss_mb:.0f} MB | wrote {args.output}"
+        f"in {summary.seconds:.1f} s ({summary.fps:.2f} frames/s; network alone {summary.network_fps:.2f}) | "
+        f"{summary.backend} | colour: {summary.colour} | model: {summary.weights} | "
+        f"peak memory {summary.peak_rss_mb:.0f} MB | wrote {'stdout' if is_pipe(args.output) else args.output}",
+        file=say,
     )
     if args.summary_json:
-        record = {**dataclasses.asdict(summary), "fps": summary.fps, "output": str(args.output)}
+        record = {
+            **dataclasses.asdict(summary),
+            "fps": summary.fps,
+            "network_fps": summary.network_fps,
+            "output": str(args.output),
+        }
         write_output(args.summary_json, json.dumps(record, indent=1), inputs=inputs, overwrite=args.overwrite)
     return 0
 
 
-def _run(args, path, source, source_model, backend_name: str, runner, lr, inputs):
+def _run(args, path, source, source_model, backend_name: str, runner, lr, inputs, copies, say):
     """Estimate (and refuse what cannot fit), then stream the frames into the sink."""
     from tqdm import tqdm
 
@@ -112,7 +143,8 @@ def _run(args, path, source, source_model, backend_name: str, runner, lr, inputs
     from d3d.runtime.estimate import estimate_run
     from d3d.runtime.pipeline import UpscaleOptions, open_sink, run_upscale
 
-    print(f"input: {path} | backend: {runner.describe()} | model: {source_model.describe()}")
+    print(f"input: {'stdin (y4m)' if is_pipe(path) else path} | backend: {runner.describe()} | "
+          f"model: {source_model.describe()}", file=say)  # fmt: skip
     if lr is not None:
         runner.check_frame_size(*lr)
         if not args.no_estimate:
@@ -120,7 +152,8 @@ def _run(args, path, source, source_model, backend_name: str, runner, lr, inputs
             avail = f"{est.available_mb:.0f} MB available" if est.available_mb is not None else "available unknown"
             print(
                 f"estimate: {lr[1]}x{lr[0]} LR on {backend_name}: ~{est.seconds_per_frame:.2f} s/frame, "
-                f"peak memory ~{est.peak_mb:.0f} MB ({avail})"
+                f"peak memory ~{est.peak_mb:.0f} MB ({avail})",
+                file=say,
             )
             if not est.fits():
                 tile = est.suggest_tile(args.tile_overlap)
@@ -129,7 +162,10 @@ def _run(args, path, source, source_model, backend_name: str, runner, lr, inputs
                     f"estimated peak memory {est.peak_mb:.0f} MB for {lr[1]}x{lr[0]} LR frames exceeds the "
                     f"{est.available_mb:.0f} MB available: {hint}"
                 )
-    sink = open_sink(args.output, source.fps, y16=args.y_only, overwrite=args.overwrite, crf=args.crf, inputs=inputs)
-    opts = UpscaleOptions(args.tile, args.tile_overlap, args.downscale, args.y_only)
+    scale = runner.config.scale
+    size = (lr[0] * scale, lr[1] * scale) if lr is not None else None
+    sink = open_sink(args.output, source, y16=args.y_only, overwrite=args.overwrite, crf=args.crf, inputs=inputs,
+                     codec=args.codec, copies=copies, size=size)  # fmt: skip
+    opts = UpscaleOptions(args.tile, args.tile_overlap, args.downscale, args.y_only, overlap=not args.serial)
     with tqdm(total=source.total, unit="frame", disable=args.quiet, dynamic_ncols=True, file=sys.stderr) as bar:
         return run_upscale(source, runner, sink, opts, progress=bar)
