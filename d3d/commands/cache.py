@@ -8,7 +8,7 @@ import json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True, help="list or clear")
     ls = sub.add_parser("list", help="one line per cached engine: its key fields, size and date")
     ls.add_argument("--json", action="store_true", help="print a JSON list (the sidecars, with path and size)")
     sub.add_parser("clear", help="delete the cached engines and their sidecars (nothing else in the folder)")
