@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("d3d.commands.verify", "compare PyTorch, ONNX Runtime and TensorRT outputs with Polygraphy"),
     "build": ("d3d.commands.build", "build a TensorRT engine (with the DeformConv3d plugin) from an ONNX file"),
     "bench": ("d3d.commands.bench", "latency, throughput and peak memory per backend"),
+    "cache": ("d3d.commands.cache", "list or clear the TensorRT engines built once and cached"),
 }
 
 

@@ -1,4 +1,5 @@
-"""TensorRT backend: an engine from `d3d build` (with the DeformConv3d plugin), through pycuda.
+"""TensorRT backend: an engine from `d3d build` (with the DeformConv3d plugin), or one built on first use
+from an ``--onnx`` model and kept in the engine cache (:mod:`d3d.export.engine_cache`), through pycuda.
 
 Device buffers, one stream, pinned host buffers, asynchronous copies, the frame ring on the device
 (each frame uploaded once), and optional CUDA-graph capture of the engine's launch (through cuda-python's
@@ -174,7 +175,19 @@ class TensorRTRunner(Runner):
         return self._h_out.astype(np.float32)
 
 
+# The profile of an engine built from --onnx on first use: `d3d build`'s defaults (LR batch x H x W).
+ONNX_PROFILE_BHW = ((1, 64, 64), (1, 180, 320), (1, 272, 480))
+
+
 def _create(source, options: TensorRTOptions) -> TensorRTRunner:
+    if source.kind == "onnx":
+        # Built once per (model, plugin, TensorRT, GPU, precision, profile) and reused from the engine cache.
+        from d3d.export import load_model, model_config
+        from d3d.export.engine_cache import tensorrt_engine
+
+        cfg = model_config(load_model(source.path), str(source.path))
+        profile = [(b, cfg["in_channels"], cfg["frames"], h, w) for b, h, w in ONNX_PROFILE_BHW]
+        return TensorRTRunner(tensorrt_engine(source.path, options.precision, profile, options.plugin).path, options)
     return TensorRTRunner(source.path, options)
 
 
@@ -193,11 +206,11 @@ def _unavailable() -> str | None:
 BACKENDS = [
     Backend(
         "tensorrt",
-        "TensorRT engine from `d3d build` with the DeformConv3d plugin (NVIDIA GPU)",
+        "TensorRT engine from `d3d build`, or from --onnx built once into the engine cache (NVIDIA GPU)",
         TensorRTOptions,
         _create,
         _unavailable,
-        sources=("engine",),
+        sources=("engine", "onnx"),
         missing_sdk=True,
     )
 ]
