@@ -15,6 +15,7 @@ import pytest
 from conftest import write_frames
 
 from d3d._native import cache_dir
+from d3d.native_libs import CMAKE_LIBRARIES, ORT_OPS, build_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,6 +43,10 @@ def installed(tmp_path_factory):
         shutil.copy(ROOT / name, src / name)
     for folder in ("d3d", "export", "runtime", "verify", "plugins"):
         shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.so", "build*"))
+    # The documented wheel step (docs/ONNXRUNTIME.md): CMake's library folders go into d3d/_lib/<subdir>/.
+    for lib in CMAKE_LIBRARIES:
+        if (build_dir() / lib.subdir / lib.filename).is_file():
+            shutil.copytree(build_dir() / lib.subdir, src / "d3d" / "_lib" / lib.subdir)
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(py), "install", "--quiet", "--no-deps", "--no-build-isolation",
          "--no-cache-dir", str(src)],
@@ -56,13 +61,17 @@ def _run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 
 def test_installed_copy_upscales_and_keys_its_cache_on_its_own_code(installed, tmp_path, tiny_checkpoint):
+    if not (build_dir() / ORT_OPS.subdir / ORT_OPS.filename).is_file():
+        pytest.skip(f"{ORT_OPS.filename} is not built (make cpp-test, with ../shared's ONNX Runtime headers)")
     venv, target_site = installed
     py, d3d_exe = venv / "bin" / "python", venv / "bin" / "d3d"
     # A private cache for the ONNX export; the compiled PyTorch op is shared (same sources, same key).
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "torch_ext").symlink_to(cache_dir() / "torch_ext", target_is_directory=True)
-    env = {"D3D_CACHE_DIR": str(cache), "PYTHONPATH": ""}
+    # No build folder and no overrides: every native library must come from the installed copy.
+    env = {"D3D_CACHE_DIR": str(cache), "PYTHONPATH": "", "D3D_BUILD_DIR": str(tmp_path / "nobuild")}
+    env |= {lib.env: "" for lib in CMAKE_LIBRARIES}
     where = subprocess.run(
         [str(py), "-c", "import d3d, d3d.export.exporter, d3d.runtime.backends, d3d.verify; "
          "print(d3d.__file__); print(d3d.export.exporter.__file__)"],
@@ -88,10 +97,13 @@ def test_installed_copy_upscales_and_keys_its_cache_on_its_own_code(installed, t
                           env={**os.environ, **env}).stdout.strip()  # fmt: skip
     assert key2 != key1
 
-    # The locator from the installed copy: the compiled op of these sources is found; no CMake library is.
-    env_info = {**env, "D3D_BUILD_DIR": str(tmp_path / "nobuild"), "D3D_TRT_PLUGIN": "", "D3D_ORT_OPS": ""}
-    info = _run([str(d3d_exe), "info", "--json"], tmp_path, env_info)
+    # The locator from the installed copy: the compiled op of these sources, and each CMake library the
+    # wheel carries, from inside the install (no build folder to fall back on).
+    info = _run([str(d3d_exe), "info", "--json"], tmp_path, env)
     assert info.returncode == 0, info.stderr
     libs = json.loads(info.stdout)["native_libraries"]
-    assert libs["trt_plugin_library"] is None and libs["ort_ops_library"] is None
+    for lib in CMAKE_LIBRARIES:
+        shipped = target_site / "d3d" / "_lib" / lib.subdir / lib.filename
+        assert libs[lib.key] == (str(shipped) if shipped.is_file() else None), (lib.key, libs[lib.key])
+    assert libs["ort_ops_library"] is not None
     assert libs["torch_op_library"] and Path(libs["torch_op_library"]).is_file()
