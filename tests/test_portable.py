@@ -117,8 +117,11 @@ def test_frame_wise_form_samples_the_border_as_the_contract_says(axis, gen):
             line, p = (frame[:, q], targets[q]) if axis == "H" else (frame[r, :], targets[r])
             expected = _sample_by_hand(line.tolist(), p)
             assert abs(float(y[r, q]) - expected) < 1e-12, (axis, p, float(y[r, q]), expected)
-    # The border cases are not all zero: the test sees interpolation against the zero padding.
-    assert (y.abs() > 1e-3).float().mean() > 0.5
+    # The border cases are not all zero: the test sees interpolation against the zero padding. Per target
+    # position (any of the lines sampling it; one line's value may be near zero by chance), at least the
+    # eight targets from -0.5 to 4.5 give non-zero samples.
+    per_target = (y.abs() > 1e-3).any(dim=0 if axis == "H" else 1)
+    assert int(per_target.sum()) >= 8, per_target
 
 
 def _moving_offsets(model: torch.nn.Module) -> torch.nn.Module:
