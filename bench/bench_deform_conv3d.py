@@ -15,30 +15,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import time
 from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-
-def _median_time(fn, repeat: int) -> float:
-    """Median wall time of fn after a warm-up; the median process CPU time of the same calls is kept in
-    _CPU[-1] (on a shared machine CPU time moves less with the other load than wall time does)."""
-    fn()  # warm-up
-    wall, cpu = [], []
-    for _ in range(repeat):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    _CPU.append(statistics.median(cpu))
-    return statistics.median(wall)
-
-
-_CPU: list[float] = []
+from timing import median_times
 
 
 def _ort_session(w: np.ndarray, b: np.ndarray, threads: int):
@@ -115,17 +97,16 @@ def main() -> None:
         kw = dict(padding=1, deform_dims="HW")
         row = {"lr": [h, wd]}
         with torch.no_grad():
-            row["torch_op_s"] = _median_time(partial(deform_conv3d, x, off, w, b, **kw), args.repeat)
-            row["torch_op_cpu_s"] = _CPU[-1]
-            row["conv3d_s"] = _median_time(partial(F.conv3d, x, w, b, padding=1), args.repeat)
-            row["conv3d_cpu_s"] = _CPU[-1]
+            row["torch_op_s"], row["torch_op_cpu_s"] = median_times(
+                partial(deform_conv3d, x, off, w, b, **kw), args.repeat
+            )
+            row["conv3d_s"], row["conv3d_cpu_s"] = median_times(partial(F.conv3d, x, w, b, padding=1), args.repeat)
             if sess is not None:
                 feed = {"x": x.numpy(), "offset": off.numpy()}
-                row["ort_op_s"] = _median_time(partial(sess.run, None, feed), args.repeat)
-                row["ort_op_cpu_s"] = _CPU[-1]
+                row["ort_op_s"], row["ort_op_cpu_s"] = median_times(partial(sess.run, None, feed), args.repeat)
             if args.reference:
                 ref = partial(deform_conv3d_reference, x, off, w, b, **kw)
-                row["reference_s"] = _median_time(ref, max(1, args.repeat // 2))
+                row["reference_s"] = median_times(ref, max(1, args.repeat // 2))[0]
         ort_ms = f"{row['ort_op_s'] * 1e3:10.1f}" if "ort_op_s" in row else f"{'-':>10}"
         ort_ratio = f"{row['ort_op_s'] / row['conv3d_s']:8.2f}x" if "ort_op_s" in row else f"{'-':>9}"
         print(

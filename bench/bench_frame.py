@@ -16,30 +16,12 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-
-def _median_time(fn, repeat: int) -> float:
-    """Median wall time of fn after a warm-up; the median process CPU time of the same calls is kept in
-    _CPU[-1] (on a shared machine CPU time moves less with the other load than wall time does)."""
-    fn()  # warm-up
-    wall, cpu = [], []
-    for _ in range(repeat):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    _CPU.append(statistics.median(cpu))
-    return statistics.median(wall)
-
-
-_CPU: list[float] = []
+from timing import median_times
 
 
 def _dense_forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -78,12 +60,10 @@ def main() -> None:
         model(x)
         hook.remove()
         row["mean_abs_offset_px_first_layer"] = seen[0]
-        row["pytorch_s"] = _median_time(lambda: model(x), args.repeat)
-        row["pytorch_cpu_s"] = _CPU[-1]
+        row["pytorch_s"], row["pytorch_cpu_s"] = median_times(lambda: model(x), args.repeat)
         for m in packs:
             m.forward = _dense_forward.__get__(m)
-        row["dense_twin_s"] = _median_time(lambda: model(x), args.repeat)
-        row["dense_twin_cpu_s"] = _CPU[-1]
+        row["dense_twin_s"], row["dense_twin_cpu_s"] = median_times(lambda: model(x), args.repeat)
         for m in packs:
             del m.forward
     if not args.no_ort:
@@ -96,8 +76,7 @@ def main() -> None:
             export_onnx(model, path, ExportOptions())
             sess = create_session(load_model(path), threads=torch.get_num_threads())
         feed = {sess.get_inputs()[0].name: x.numpy()}
-        row["onnxruntime_s"] = _median_time(lambda: sess.run(None, feed), args.repeat)
-        row["onnxruntime_cpu_s"] = _CPU[-1]
+        row["onnxruntime_s"], row["onnxruntime_cpu_s"] = median_times(lambda: sess.run(None, feed), args.repeat)
     print(f"LR {h}x{w}, {row['threads']} threads, load average {row['load_avg']:.2f} at start")
     print(f"mean |offset| of the first deformable layer: {row['mean_abs_offset_px_first_layer']:.2f} px")
     print(f"PyTorch model      {row['pytorch_s'] * 1e3:8.0f} ms")

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from d3d.atomic import atomic_write
 from d3d.errors import D3DError
+from d3d.export.exporter import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +47,6 @@ def engines_dir() -> Path:
     from d3d._native import cache_dir
 
     return cache_dir() / "engines"
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -116,8 +109,8 @@ def engine_key(
     if len(profile) != 3:
         raise D3DError(f"an optimization profile is (min, opt, max), got {len(profile)} shapes")
     return EngineKey(
-        onnx_sha256=sha256_file(onnx_path),
-        plugin_sha256=sha256_file(plugin) if plugin is not None else None,
+        onnx_sha256=file_sha256(onnx_path),
+        plugin_sha256=file_sha256(plugin) if plugin is not None else None,
         builder=builder,
         builder_version=str(builder_version),
         gpu=gpu,
@@ -159,7 +152,7 @@ def lookup(key: EngineKey, root: Path | None = None) -> CachedEngine | None:
     info = _read_sidecar(sidecar_of(path))
     if info is None or info["key"] != key.fields() or not path.is_file():
         return None
-    if path.stat().st_size != info.get("engine_bytes") or sha256_file(path) != info.get("engine_sha256"):
+    if path.stat().st_size != info.get("engine_bytes") or file_sha256(path) != info.get("engine_sha256"):
         logger.info("cached engine %s does not match its sidecar: rebuilding it", path.name)
         return None
     return CachedEngine(path, False, info)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import d3d
 from d3d.errors import D3DError
+from d3d.export.exporter import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +52,6 @@ class ModelSource:
         return f"{self.kind} {self.path} (sha256 {self.sha256})"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def resolve_source(
     *,
     random_init: bool = False,
@@ -81,9 +74,9 @@ def resolve_source(
         return ModelSource("random")
     if given:
         flag, path = given[0]
-        return ModelSource(flag[2:], path, _sha256(path))
+        return ModelSource(flag[2:], path, file_sha256(path))
     if shipped.is_file():
-        return ModelSource("checkpoint", shipped, _sha256(shipped))
+        return ModelSource("checkpoint", shipped, file_sha256(shipped))
     raise D3DError(
         "no model given: pass --checkpoint, --onnx or --engine (no trained model is shipped yet), "
         "or --random-init to run untrained weights"

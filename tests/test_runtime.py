@@ -14,6 +14,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from conftest import write_png
 
 from d3d import D3Dnet
 from d3d.cli import main as cli
@@ -38,16 +39,6 @@ def small(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "small.onnx"
     export_onnx(model, path, ExportOptions())
     return model, path
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    with av.open(str(path), "w", format="image2") as out:
-        s = out.add_stream("png", rate=1)
-        s.height, s.width, s.pix_fmt = rgb.shape[0], rgb.shape[1], "rgb24"
-        for p in s.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-            out.mux(p)
-        for p in s.encode():
-            out.mux(p)
 
 
 def _read_pngs(folder: Path, fmt: str = "rgb24") -> list[np.ndarray]:
@@ -220,7 +211,7 @@ def test_bad_frame_folders(small, tmp_path, capsys):
     rgb = np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8)
     unreadable = tmp_path / "unreadable"
     unreadable.mkdir()
-    _write_png(unreadable / "0000.png", rgb)
+    write_png(unreadable / "0000.png", rgb)
     (unreadable / "0001.png").write_bytes(b"not a png at all")
     out = tmp_path / "out"
     err = _run_failing(["upscale", str(unreadable), "--onnx", str(onnx_path), "-o", str(out), "-q"], capsys)
@@ -230,7 +221,7 @@ def test_bad_frame_folders(small, tmp_path, capsys):
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     for i in range(3):
-        _write_png(mixed / f"{i:04d}.png", rgb if i != 2 else rgb[:20])
+        write_png(mixed / f"{i:04d}.png", rgb if i != 2 else rgb[:20])
     err = _run_failing(["upscale", str(mixed), "--onnx", str(onnx_path), "-o", str(out), "-q"], capsys)
     assert "0002.png" in err and "frame 2" in err and "32x20" in err
     assert not out.exists() and not _leftovers(tmp_path)
