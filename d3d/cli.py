@@ -21,6 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("d3d.commands.verify", "compare PyTorch, ONNX Runtime and TensorRT outputs with Polygraphy"),
     "build": ("d3d.commands.build", "build a TensorRT engine (with the DeformConv3d plugin) from an ONNX file"),
     "bench": ("d3d.commands.bench", "latency, throughput and peak memory per backend"),
+    "prepare": ("d3d.commands.prepare", "video or frame folders -> Vimeo-90K septuplet or Vid4 test layout"),
+    "train": ("d3d.commands.train", "train D3Dnet (the seed's recipe; resumable; torchrun for several processes)"),
+    "eval": ("d3d.commands.eval", "PSNR/SSIM on Vid4/SPMC/Vimeo-layout data against bicubic (the seed's protocol)"),
 }
 
 
