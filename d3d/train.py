@@ -364,21 +364,20 @@ class Trainer:
                 self.optimizer.step()
                 self.step += 1
                 p = batch_psnr(sr, target)
-                self._epoch_loss.append(loss.item())
+                loss_value = loss.item()
+                self._epoch_loss.append(loss_value)
                 self._epoch_psnr.append(p)
                 epoch_end = self.step % self.steps_per_epoch == 0
                 if epoch_end:
                     self._end_of_epoch(epoch)
                 consistent = True
                 cur_lr = self.optimizer.param_groups[0]["lr"]
-                self._bar.set_postfix(
-                    epoch=epoch + 1, loss=f"{self._epoch_loss[-1]:.2e}", psnr=f"{p:.2f}", lr=f"{cur_lr:.1e}"
-                )
+                self._bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.2e}", psnr=f"{p:.2f}", lr=f"{cur_lr:.1e}")
                 self._bar.update()
                 over_budget = self.time_budget_s is not None and time.monotonic() - start >= self.time_budget_s
                 self._maybe_validate_and_save(epoch_end, final=self.step >= total or over_budget)
                 if self.on_step is not None:
-                    self.on_step(StepInfo(self.step, epoch, self._epoch_loss[-1], p, cur_lr))
+                    self.on_step(StepInfo(self.step, epoch, loss_value, p, cur_lr))
                 if over_budget and self.step < total:
                     self._log(
                         f"time budget used up at step {self.step}/{total}; "
