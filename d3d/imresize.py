@@ -56,7 +56,7 @@ def imresize(img: np.ndarray | torch.Tensor, scale: float, antialias: bool = Tru
     'bicubic')``. uint8 input gives uint8 output (rounded and clipped as MATLAB does); float input gives
     float64 output, not clipped. NumPy in, NumPy out; a tensor in, a tensor out."""
     is_tensor = isinstance(img, torch.Tensor)
-    t = img if is_tensor else torch.from_numpy(np.ascontiguousarray(img))
+    t = img if is_tensor else torch.from_numpy(np.require(img, requirements=["C", "W"]))
     if t.ndim not in (2, 3):
         raise ValueError(f"expected an [H, W] or [H, W, C] image, got shape {tuple(t.shape)}")
     is_uint8 = t.dtype == torch.uint8

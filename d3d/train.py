@@ -329,9 +329,11 @@ class Trainer:
             tmp.write_text(json.dumps(info, indent=1))
 
     def _log(self, msg: str) -> None:
-        log.info(msg)
-        if self._bar is not None:
+        # Through the progress bar while it shows (so the line does not break it), else the logger.
+        if self._bar is not None and not self._bar.disable:
             self._bar.write(msg)
+        else:
+            log.info(msg)
 
     def run(self) -> Path | None:
         """Trains; returns the path of the best (or, without a validation set, the last) checkpoint."""
