@@ -74,3 +74,46 @@ def test_seed_ssim_is_zero_padded_gaussian(gen):
 def test_clip_mean_leaves_out_two_frames_each_end():
     assert clip_mean([100.0, 100.0, 1.0, 2.0, 3.0, 100.0, 100.0], SEED) == 2.0
     assert clip_mean([1.0, 2.0, 3.0], BASICSR) == 2.0
+
+
+def test_eval_cli_json_and_bicubic_column(tmp_path, gen, native):
+    """``d3d eval`` on a tiny Vid4-layout scene: the JSON layout of the issue, and the bicubic column
+    recomputed here with NumPy from the protocol's words (x4 MATLAB resize of the LR RGB, Y, floor to
+    8 bits, 8-pixel border, first and last 2 frames left out)."""
+    import json
+
+    from d3d import D3Dnet, save_checkpoint
+    from d3d.cli import main
+    from d3d.data import write_png
+    from d3d.imresize import imresize
+
+    scene = tmp_path / "vid4" / "walk"
+    (scene / "hr").mkdir(parents=True)
+    (scene / "lr_x4").mkdir()
+    tex = (torch.rand(56, 60, 3, generator=gen) * 255).to(torch.uint8).numpy()
+    hrs = []
+    for i in range(6):
+        hr = np.ascontiguousarray(tex[i : i + 48, i : i + 52])  # 52 wide: cropped to 48 (multiple of 16)
+        hrs.append(hr)
+        write_png(scene / "hr" / f"hr_{i + 1:02d}.png", hr)
+        write_png(scene / "lr_x4" / f"lr_{i + 1:02d}.png", imresize(hr, 0.25))
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.pth.tar"
+    save_checkpoint(D3Dnet(nf=4, d3d_blocks=1, res_blocks=1), ckpt)
+    out = tmp_path / "scores.json"
+    assert main(["eval", str(tmp_path / "vid4"), "--checkpoint", str(ckpt), "--json", str(out), "-q"]) == 0
+    scores = json.loads(out.read_text())
+    assert set(scores) == {"clips", "mean"}
+    assert set(scores["clips"]["walk"]) == {"psnr", "ssim", "bicubic_psnr", "bicubic_ssim"}
+
+    coeffs = np.array([65.481, 128.553, 24.966]) / 255
+    values = []
+    for i in range(2, 4):  # frames 3 and 4 of 6
+        lr = imresize(hrs[i], 0.25).astype(np.float64) / 255  # what was written, read back
+        bic = np.clip(imresize(lr, 4.0), 0, 1)[:48, :48] @ coeffs + 16 / 255
+        gt = (hrs[i][:48, :48].astype(np.float64) / 255) @ coeffs + 16 / 255
+        a, b = np.floor(bic * 255)[8:-8, 8:-8], np.floor(gt * 255)[8:-8, 8:-8]
+        values.append(10 * np.log10(255**2 / np.mean((a - b) ** 2)))
+    assert scores["clips"]["walk"]["bicubic_psnr"] == pytest.approx(np.mean(values), abs=1e-6)
+    assert scores["mean"]["psnr"] == scores["clips"]["walk"]["psnr"]
+    assert main(["eval", str(tmp_path / "nothing"), "--bicubic-only"]) == 1
