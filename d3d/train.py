@@ -300,6 +300,19 @@ class Trainer:
         self.model.train()
         return float(np.mean(values))
 
+    def bicubic_validation(self) -> float | None:
+        """The validation PSNR of bicubic (MATLAB-style x``scale`` of the LR Y crop): the bar to beat."""
+        if self.val_set is None:
+            return None
+        from d3d.imresize import imresize
+
+        values = []
+        for i in range(len(self.val_set)):
+            lr, hr = self.val_set.sample(i, None)
+            up = imresize(lr[0, 3].to(torch.float64), float(self.cfg.scale)).clamp(0, 1)
+            values.append(batch_psnr(up[None, None], hr[None, :, 3].to(torch.float64)))
+        return float(np.mean(values))
+
     def _end_of_epoch(self, epoch: int) -> None:
         self.scheduler.step()
         self.history["loss"].append(float(np.mean(self._epoch_loss)) if self._epoch_loss else 0.0)
@@ -351,6 +364,8 @@ class Trainer:
             disable=not self.show_progress or self.rank != 0,
             dynamic_ncols=True,
         )
+        if self.rank == 0 and self.val_set is not None:
+            self._log(f"bicubic validation PSNR {self.bicubic_validation():.3f} dB (the bar to beat)")
         self.model.train()
         consistent = True  # False while a step is half done: an interrupt then must not save it
         try:
