@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -326,6 +327,11 @@ class TestClip:
     lr: list[np.ndarray]
 
 
+def _natural(p: Path) -> tuple:
+    """Sort key that orders hr_99.png before hr_100.png (the seed numbers frames without fixed width)."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name))
+
+
 def load_vid4(root: Path, scale: int = 4) -> list[TestClip]:
     """Every scene folder of a Vid4/SPMC-layout root (or the root itself when it is one scene)."""
     root = Path(root)
@@ -334,8 +340,8 @@ def load_vid4(root: Path, scale: int = 4) -> list[TestClip]:
         raise D3DError(f"{root}: no scene folders with hr/ and lr_x{scale}/")
     clips = []
     for d in scene_dirs:
-        hr_files = sorted((d / "hr").glob("*.png"))
-        lr_files = sorted((d / f"lr_x{scale}").glob("*.png"))
+        hr_files = sorted((d / "hr").glob("*.png"), key=_natural)
+        lr_files = sorted((d / f"lr_x{scale}").glob("*.png"), key=_natural)
         if not hr_files or len(hr_files) != len(lr_files):
             raise D3DError(f"{d}: {len(hr_files)} HR and {len(lr_files)} LR frames")
         clips.append(TestClip(d.name, [read_image(p) for p in hr_files], [read_image(p) for p in lr_files]))

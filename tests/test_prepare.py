@@ -87,3 +87,16 @@ def test_vid4_layout_one_scene_per_shot(tmp_path, gen):
     assert (out / "clipB_00009" / "hr" / "hr_01.png").is_file()
     assert (out / "clipB_00009" / "lr_x4" / "lr_08.png").is_file()
     np.testing.assert_array_equal(clips[1].lr[0], imresize(clips[1].hr[0], 0.25))
+
+
+def test_vid4_reader_orders_frames_by_number(tmp_path):
+    # The seed numbers frames hr_01 ... hr_99, hr_100: name order would put hr_100 before hr_11.
+    scene = tmp_path / "s"
+    (scene / "hr").mkdir(parents=True)
+    (scene / "lr_x4").mkdir()
+    for n in (9, 10, 100, 11):
+        write_png(scene / "hr" / f"hr_{n:02d}.png", np.full((16, 16, 3), n, np.uint8))
+        write_png(scene / "lr_x4" / f"lr_{n:02d}.png", np.full((4, 4, 3), n, np.uint8))
+    (clip,) = load_vid4(tmp_path)
+    assert [int(f[0, 0, 0]) for f in clip.hr] == [9, 10, 11, 100]
+    assert [int(f[0, 0, 0]) for f in clip.lr] == [9, 10, 11, 100]
