@@ -179,7 +179,12 @@ class Trainer:
             self.val_set = None
         self.epoch_samples = config.epoch_samples or len(self.train_set)
         self.global_batch = config.batch * self.world
-        self.steps_per_epoch = max(1, self.epoch_samples // self.global_batch)
+        if self.epoch_samples < self.global_batch:
+            raise D3DError(
+                f"an epoch of {self.epoch_samples} samples is smaller than one global batch ({self.global_batch}); "
+                "raise --epoch-samples or lower --batch"
+            )
+        self.steps_per_epoch = self.epoch_samples // self.global_batch
 
         torch.manual_seed(config.seed)
         self.model = D3Dnet(**config.model_kwargs()).to(self.device)
@@ -221,10 +226,12 @@ class Trainer:
         except Exception as exc:  # any unreadable state file is a user-facing error
             raise D3DError(f"{spath}: not a readable training state ({exc})") from None
         saved = st["config"]
+        # A field the saved run predates counts as its default.
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
         diffs = [
-            f"{k}: {saved.get(k)!r} -> {v!r}"
+            f"{k}: {saved.get(k, defaults[k])!r} -> {v!r}"
             for k, v in dataclasses.asdict(self.cfg).items()
-            if k not in RESUMABLE_CHANGES and saved.get(k) != v
+            if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != v
         ]
         if diffs:
             raise D3DError(f"cannot resume {path.name} with a different recipe ({'; '.join(diffs)})")
