@@ -75,7 +75,14 @@ def basicsr_imresize(tmp_path_factory):
 
 @pytest.mark.parametrize(
     ("shape", "scale"),
-    [((64, 48, 3), 0.25), ((37, 52, 3), 0.25), ((20, 28, 3), 0.5), ((11, 9, 3), 4.0), ((23, 30), 0.25), ((16, 12), 3.0)],
+    [
+        ((64, 48, 3), 0.25),
+        ((37, 52, 3), 0.25),
+        ((20, 28, 3), 0.5),
+        ((11, 9, 3), 4.0),
+        ((23, 30), 0.25),
+        ((16, 12), 3.0),
+    ],
 )
 def test_matches_basicsr(basicsr_imresize, gen, shape, scale):
     img = torch.rand(shape, generator=gen, dtype=torch.float64).numpy()
