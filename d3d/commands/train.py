@@ -81,5 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if trainer.distributed:
         import torch.distributed as dist
 
+        # Every rank waits for rank 0's last validation and save before the group goes; a rank leaving
+        # early made gloo abort the others ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
     return 0
