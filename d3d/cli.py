@@ -30,6 +30,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("d3d.commands.build", "build a TensorRT engine (with the DeformConv3d plugin) from an ONNX file"),
     "bench": ("d3d.commands.bench", "latency, throughput and peak memory per backend"),
     "cache": ("d3d.commands.cache", "list or clear the TensorRT engines built once and cached"),
+    "prepare": ("d3d.commands.prepare", "video or frame folders -> Vimeo-90K septuplet or Vid4 test layout"),
+    "train": ("d3d.commands.train", "train D3Dnet (the seed's recipe; resumable; torchrun for several processes)"),
+    "eval": ("d3d.commands.eval", "PSNR/SSIM on Vid4/SPMC/Vimeo-layout data against bicubic (the seed's protocol)"),
 }
 
 

@@ -78,7 +78,7 @@ def resolve_source(
     if shipped.is_file():
         return ModelSource("checkpoint", shipped, file_sha256(shipped))
     raise D3DError(
-        "no model given: pass --checkpoint, --onnx or --engine (no trained model is shipped yet), "
+        f"no model given and the shipped model {shipped} is missing: pass --checkpoint, --onnx or --engine, "
         "or --random-init to run untrained weights"
     )
 
