@@ -58,9 +58,11 @@ def resolve_source(
     checkpoint: Path | None = None,
     onnx: Path | None = None,
     engine: Path | None = None,
-    shipped: Path = SHIPPED_MODEL,
+    shipped: Path | None = None,
 ) -> ModelSource:
-    """The single model source the options name; conflicting or missing sources are errors."""
+    """The single model source the options name (else ``shipped``, by default the shipped trained model);
+    conflicting or missing sources are errors."""
+    shipped = SHIPPED_MODEL if shipped is None else shipped
     given = [(f"--{k}", Path(v)) for k, v in (("checkpoint", checkpoint), ("onnx", onnx), ("engine", engine)) if v]
     named = ([("--random-init", None)] if random_init else []) + given
     if len(named) > 1:

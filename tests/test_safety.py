@@ -154,7 +154,11 @@ def test_missing_named_files_are_errors(work, tiny_onnx, capsys, flag):
     assert snapshot(work) == before
 
 
-def test_conflicting_or_absent_model_sources(work, tiny_onnx, tiny_checkpoint, capsys):
+def test_conflicting_or_absent_model_sources(work, tiny_onnx, tiny_checkpoint, capsys, monkeypatch):
+    import d3d.runtime.models
+
+    # As in an install without the shipped model file: no model named is an error, never random weights.
+    monkeypatch.setattr(d3d.runtime.models, "SHIPPED_MODEL", work / "no-shipped-model.pth.tar")
     before = snapshot(work)
     msg = fails(["upscale", "tiny8", "--onnx", str(tiny_onnx), "--checkpoint", str(tiny_checkpoint), "-o", "o"], capsys)
     assert "conflicting model sources" in msg and str(tiny_onnx) in msg and str(tiny_checkpoint) in msg
@@ -165,6 +169,17 @@ def test_conflicting_or_absent_model_sources(work, tiny_onnx, tiny_checkpoint, c
     msg = fails(["export", "--random-init", str(tiny_checkpoint), "-o", "m.onnx"], capsys)
     assert "conflicting" in msg and str(tiny_checkpoint) in msg
     assert snapshot(work) == before
+
+
+def test_no_model_named_runs_the_shipped_model_and_says_so(work, capsys):
+    from d3d.runtime.models import SHIPPED_MODEL
+
+    if not SHIPPED_MODEL.is_file():
+        pytest.skip(f"no shipped model at {SHIPPED_MODEL}")
+    assert cli(["upscale", "tiny8", "-o", "o", "-q", "--no-estimate"]) == 0
+    sha = __import__("hashlib").sha256(SHIPPED_MODEL.read_bytes()).hexdigest()
+    assert f"checkpoint {SHIPPED_MODEL} (sha256 {sha})" in capsys.readouterr().out
+    assert len(list((work / "o").glob("frame_*.png"))) == 8
 
 
 def test_summary_names_the_model_and_natural_frame_order(work, tiny_checkpoint, capsys):
