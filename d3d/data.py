@@ -31,6 +31,7 @@ from d3d.atomic import AtomicDir
 from d3d.errors import D3DError
 from d3d.imresize import imresize
 from d3d.metrics import rgb_to_y
+from d3d.outputs import manifest_of_tree
 from d3d.scenecut import DEFAULT_THRESHOLD, detect_cuts, shots
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,7 @@ def prepare_vimeo(
     except BaseException:
         tmp.abort()
         raise
+    manifest_of_tree(tmp.tmp)  # the proof that a later `--overwrite` may replace this folder
     tmp.commit()
     return plans
 
@@ -247,6 +249,7 @@ def prepare_vid4(
     except BaseException:
         tmp.abort()
         raise
+    manifest_of_tree(tmp.tmp)  # the proof that a later `--overwrite` may replace this folder
     tmp.commit()
     return scenes
 

@@ -32,6 +32,11 @@ def _writable_ancestor(path: Path) -> Path:
     return p
 
 
+def manifest_of_tree(folder: Path) -> None:
+    """Writes the manifest of every file now under ``folder`` (for outputs written as a whole tree)."""
+    write_manifest(folder, [p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()])
+
+
 def read_manifest(folder: Path) -> set[str] | None:
     """The file names a d3d manifest in ``folder`` lists, or None where there is none (or it is unreadable)."""
     try:
@@ -41,16 +46,30 @@ def read_manifest(folder: Path) -> set[str] | None:
         return None
 
 
+def _unlisted(folder: Path, listed: set[str]) -> list[str]:
+    """Entries of ``folder`` (recursively, as paths relative to it) that the manifest does not account for:
+    a file not listed, or a sub-folder holding no listed file."""
+    dirs = {parent.as_posix() for name in listed for parent in Path(name).parents if parent != Path(".")}
+    found = []
+    for p in folder.rglob("*"):
+        rel = p.relative_to(folder).as_posix()
+        if rel == MANIFEST:
+            continue
+        is_dir = p.is_dir() and not p.is_symlink()
+        if (is_dir and rel not in dirs) or (not is_dir and rel not in listed):
+            found.append(rel)
+    return sorted(found)
+
+
 def write_manifest(folder: Path, names: Iterable[str]) -> None:
-    """Records the files d3d wrote into ``folder`` (the proof that a later run may replace them)."""
+    """Records the files d3d wrote into ``folder``, as paths relative to it (the proof that a later run
+    may replace them)."""
     (folder / MANIFEST).write_text(json.dumps({"tool": "d3d-trt", "files": sorted(names)}, indent=0))
 
 
-def check_target(
-    target: Path, *, inputs: Sequence[Path | None] = (), overwrite: bool = False, folder: bool = False, what: str = ""
-) -> None:
-    """Raises a one-line :class:`D3DError` where writing ``target`` could lose anything; returns where the
-    write may go ahead. ``folder``: the target is a folder of frames (else a single file)."""
+def check_location(target: Path, *, inputs: Sequence[Path | None] = (), what: str = "") -> Path:
+    """The rules that hold even for a folder d3d keeps writing into: the target is neither the current
+    folder nor one of its parents, and it does not overlap an input. Returns the resolved target."""
     label = f"{target}" + (f" ({what})" if what else "")
     t = Path(os.path.abspath(target)).resolve()
     cwd = Path.cwd().resolve()
@@ -63,6 +82,16 @@ def check_target(
         if _inside(t, i) or _inside(i, t):
             relation = "is" if t == i else "overlaps"
             raise D3DError(f"{label}: {relation} the input {inp}: choose another output")
+    return t
+
+
+def check_target(
+    target: Path, *, inputs: Sequence[Path | None] = (), overwrite: bool = False, folder: bool = False, what: str = ""
+) -> None:
+    """Raises a one-line :class:`D3DError` where writing ``target`` could lose anything; returns where the
+    write may go ahead. ``folder``: the target is a folder of frames (else a single file)."""
+    label = f"{target}" + (f" ({what})" if what else "")
+    t = check_location(target, inputs=inputs, what=what)
     if not (t.exists() or t.is_symlink()):
         anc = _writable_ancestor(t)
         if not os.access(anc, os.W_OK | os.X_OK):
@@ -80,8 +109,8 @@ def check_target(
             raise D3DError(f"{label}: already exists; pass --overwrite to replace it")
         listed = read_manifest(t)
         if listed is None:
-            raise D3DError(f"{label}: not a frame folder written by d3d (no {MANIFEST}): not replacing it")
-        foreign = sorted(e.name for e in entries if e.name != MANIFEST and (e.name not in listed or not e.is_file()))
+            raise D3DError(f"{label}: not a folder written by d3d (no {MANIFEST}): not replacing it")
+        foreign = _unlisted(t, listed)
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
             raise D3DError(f"{label}: holds files d3d did not write ({shown}): not replacing it")

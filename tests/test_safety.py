@@ -83,7 +83,7 @@ def test_frame_folder_replaced_only_when_our_manifest_lists_everything(work, tin
     (work / "theirs" / "frame_000001.png").write_bytes(b"user's frame")
     before = snapshot(work)
     msg = fails(["upscale", "tiny8", "--onnx", str(tiny_onnx), "-o", "theirs", "--overwrite", "-q"], capsys)
-    assert "not a frame folder written by d3d" in msg
+    assert "not a folder written by d3d" in msg
     assert snapshot(work) == before
 
 
@@ -345,4 +345,40 @@ def test_inconsistent_deform_conv3d_shapes_are_refused_at_load(work, tiny_onnx, 
     before = snapshot(work)
     msg = fails(["upscale", "tiny8", "--onnx", "bad.onnx", "-o", "out.mp4", "-q"], capsys)
     assert "bad.onnx: node" in msg and words in msg
+    assert snapshot(work) == before
+
+
+def test_prepare_follows_the_output_policy(work, capsys):
+    """`prepare --overwrite` replaces only a dataset folder d3d wrote (its manifest lists the whole tree);
+    never the input, the current folder, or a folder of someone else's files."""
+    big = work / "big"
+    write_frames(big, 8, size=(64, 64))
+    assert cli(["prepare", "big", "-o", "ds", "--holdout-fraction", "0"]) == 0
+    capsys.readouterr()
+    before = snapshot(work)
+    assert "already exists" in fails(["prepare", "big", "-o", "ds"], capsys)
+    assert "the input" in fails(["prepare", "big", "-o", "big", "--overwrite"], capsys)
+    assert "current folder" in fails(["prepare", "big", "-o", ".", "--overwrite"], capsys)
+    assert "written by d3d" in fails(["prepare", "big", "-o", "sub", "--overwrite"], capsys)
+    (work / "ds" / "sequences" / "mine.txt").write_text("a user's file inside the dataset")
+    before = snapshot(work)
+    assert "did not write" in fails(["prepare", "big", "-o", "ds", "--overwrite"], capsys)
+    assert snapshot(work) == before
+    (work / "ds" / "sequences" / "mine.txt").unlink()
+    assert cli(["prepare", "big", "-o", "ds", "--overwrite", "--holdout-fraction", "0"]) == 0
+
+
+def test_train_never_writes_over_a_run_or_its_data(work, capsys):
+    big = work / "big"
+    write_frames(big, 8, size=(64, 64))
+    assert cli(["prepare", "big", "-o", "ds", "--holdout-fraction", "0"]) == 0
+    (work / "run").mkdir()
+    (work / "run" / "last.pth.tar").write_bytes(b"an earlier run's checkpoint")
+    capsys.readouterr()
+    before = snapshot(work)
+    msg = fails(["train", "ds", "-o", "run", "--steps", "1"], capsys)
+    assert "already holds files" in msg and "--resume" in msg
+    assert "the input" in fails(["train", "ds", "-o", "ds/run", "--steps", "1"], capsys)
+    assert "current folder" in fails(["train", "ds", "-o", ".", "--steps", "1"], capsys)
+    assert "not a folder" in fails(["train", "ds", "-o", "notes.txt", "--steps", "1"], capsys)
     assert snapshot(work) == before

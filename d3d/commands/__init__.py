@@ -70,5 +70,8 @@ def model_source(args: argparse.Namespace):
 
 def add_output_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace an existing output (only ever d3d's own output)"
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output file, or a frame folder d3d wrote "
+        "(never an input, the current folder or a folder of other files)",
     )

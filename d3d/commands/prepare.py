@@ -41,19 +41,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--start", type=int, default=0, help="vid4: first frame")
     parser.add_argument("--max-frames", type=int, help="use at most this many frames of each source")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a dataset folder d3d wrote (never the input, the current folder or a folder of other files)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from d3d.data import prepare_vid4, prepare_vimeo
     from d3d.errors import D3DError
+    from d3d.outputs import check_target
     from d3d.samples import sample_clip
 
     sources = list(args.sources) + [sample_clip(c) for c in args.clip or []]
     if not sources:
         raise D3DError("give video files or frame folders, or --clip NAME")
-    if args.output.exists() and not args.overwrite:
-        raise D3DError(f"{args.output} exists (use --overwrite to replace it)")
+    # Before any work: never the input, the current folder, or a folder d3d did not write (d3d.outputs).
+    check_target(args.output, inputs=sources, overwrite=args.overwrite, folder=True, what="--output")
     if args.scale < 1 or args.stride < 1 or not 0 <= args.holdout_fraction < 1:
         raise D3DError("--scale and --stride must be >= 1, --holdout-fraction in [0, 1)")
     if not 0 < args.cut_threshold <= 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from d3d.errors import D3DError
+    from d3d.outputs import check_location, check_target
     from d3d.train import TrainConfig, Trainer
 
     for name in ("scale", "nf", "patch", "batch", "epochs", "lr_step"):
@@ -46,6 +48,18 @@ def run(args: argparse.Namespace) -> int:
             raise D3DError(f"--{name.replace('_', '-')} must be >= 1")
     if min(args.d3d_blocks, args.res_blocks, args.steps, args.epoch_samples, args.save_every, args.val_every) < 0:
         raise D3DError("block counts, --steps, --epoch-samples, --save-every and --val-every must be >= 0")
+    # The output policy (d3d.outputs): never the current folder or the data; a new run never writes into a
+    # folder that holds files (a previous run's checkpoints are continued with --resume, never replaced).
+    # Checked by rank 0 only: under torchrun the other ranks may start after it has created the folder.
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_location(args.output, inputs=(args.data,), what="--output")
+        if args.resume is None:
+            if args.output.is_dir() and any(args.output.iterdir()):
+                raise D3DError(
+                    f"{args.output}: already holds files (a previous run?): continue it with --resume "
+                    f"{args.output / 'last.pth.tar'}, or give a new run folder"
+                )
+            check_target(args.output, inputs=(args.data,), folder=True, what="--output")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = TrainConfig(
         data=str(args.data),
