@@ -77,6 +77,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     return parser, subparsers
 
 
+# Signals the handler below received: whatever exception unwinds after one is reported as the interrupt
+# (an interrupt inside a library's import can surface as another error, e.g. a RecursionError from torch).
+_received: list[int] = []
+
+
 @contextlib.contextmanager
 def _signals_raise() -> Iterator[None]:
     """SIGINT/SIGTERM raise :class:`Interrupted` in the main thread; later ones are ignored while the
@@ -88,8 +93,10 @@ def _signals_raise() -> Iterator[None]:
     def handler(signum, frame):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _received.append(signum)
         raise Interrupted(signum)
 
+    _received.clear()  # main() may run more than once in a process (tests)
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
@@ -111,6 +118,11 @@ def _log_to_stderr(debug: bool) -> Iterator[None]:
     finally:
         log.removeHandler(handler)
         log.setLevel(old)
+
+
+def _report_interrupt(signum: int) -> int:
+    print(f"d3d: interrupted ({signal.Signals(signum).name}); partial outputs removed", file=sys.stderr)
+    return 128 + int(signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -137,18 +149,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _signals_raise(), _log_to_stderr(debug):
             return int(run(args) or 0)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        return _report_interrupt(signum)
     except D3DError as exc:
         if debug:
             traceback.print_exc()
+        if _received:
+            return _report_interrupt(_received[0])
         print(f"d3d: error: {summary_line(exc)}", file=sys.stderr)
         return exc.exit_code
-    except (Interrupted, KeyboardInterrupt) as exc:
-        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        print(f"d3d: interrupted ({signal.Signals(signum).name}); partial outputs removed", file=sys.stderr)
-        return 128 + int(signum)
     except Exception as exc:
         if debug:
             traceback.print_exc()
+        if _received:
+            return _report_interrupt(_received[0])
         print(
             f"d3d: error: internal error: {type(exc).__name__}: {summary_line(exc)} "
             "(re-run with --debug for the traceback)",
@@ -162,7 +177,11 @@ def console_main() -> None:
     returns; the process then ends without interpreter finalization, where freeing an ONNX Runtime
     session whose run was stopped mid-graph can abort the process (observed with the
     onnxruntime-extensions op bridge) and turn exit 130 into a crash."""
-    rc = main()
+    try:
+        rc = main()
+    except KeyboardInterrupt:  # before main's own handling is in place (the command's imports)
+        print("d3d: interrupted (SIGINT)", file=sys.stderr)
+        rc = 128 + signal.SIGINT
     if rc in (128 + signal.SIGINT, 128 + signal.SIGTERM):
         sys.stdout.flush()
         sys.stderr.flush()

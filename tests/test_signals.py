@@ -3,6 +3,7 @@ after a frame was written, and while the network (its DeformConv3d nodes) runs."
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -128,3 +129,21 @@ def test_interrupt_during_the_first_use_export(tmp_path, slow_checkpoint):
     cached = list((cache / "onnx").iterdir()) if (cache / "onnx").exists() else []
     assert cached == []  # neither a half-written export nor its temporary file
     assert snapshot(tmp_path / "frames") == before
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.2, 0.5])
+def test_sigint_during_start_up_is_one_line(tmp_path, delay):
+    """Ctrl-C while the executable is still importing (torch, the command's modules): one line, exit 130,
+    never a traceback (or, where the command finished first, a normal exit)."""
+    exe = Path(sys.executable).parent / "d3d"
+    proc = subprocess.Popen([str(exe), "info", "--json"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        json.loads(out)  # finished before the signal arrived
+        return
+    assert proc.returncode == 130, (proc.returncode, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("d3d: interrupted"), err
