@@ -83,3 +83,15 @@ class AtomicDir:
         import shutil
 
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """``with atomic_dir(p) as tmp: fill(tmp)`` — the folder replaces ``p`` only if the block succeeds."""
+    d = AtomicDir(path)
+    try:
+        yield d.tmp
+    except BaseException:
+        d.abort()
+        raise
+    d.commit()

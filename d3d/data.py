@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from d3d.atomic import AtomicDir
+from d3d.atomic import atomic_dir
 from d3d.errors import D3DError
 from d3d.imresize import imresize
 from d3d.metrics import rgb_to_y
@@ -163,10 +163,9 @@ def prepare_vimeo(
     """Writes the Vimeo-90K septuplet layout from videos or frame folders (atomically: the output
     folder appears only when complete). Each frame is written once under ``frames/`` and hard-linked
     into its septuplets."""
-    tmp = AtomicDir(out)
     plans = []
     train_list, test_list = [], []
-    try:
+    with atomic_dir(out) as root:
         for source in sources:
             name = clip_name(source)
             frames = _load_clip(source, scale, max_frames)
@@ -182,7 +181,7 @@ def prepare_vimeo(
                     f"{len(plan.test)} test septuplets"
                 )
             used = sorted({s + j for s, _ in plan.train + plan.test for j in range(SEQ_LEN)})
-            store = {"hr": tmp.tmp / "frames" / name / "hr", "lr": tmp.tmp / "frames" / name / f"lr_x{scale}"}
+            store = {"hr": root / "frames" / name / "hr", "lr": root / "frames" / name / f"lr_x{scale}"}
             for d in store.values():
                 d.mkdir(parents=True)
             for i in used:
@@ -192,18 +191,14 @@ def prepare_vimeo(
                 for s, _ in group:
                     seq = f"{name}/{s:05d}"
                     for kind, top in (("hr", "sequences"), ("lr", f"LR_x{scale}")):
-                        d = tmp.tmp / top / seq
+                        d = root / top / seq
                         d.mkdir(parents=True)
                         for j in range(SEQ_LEN):
                             _link_or_copy(store[kind] / f"{s + j:05d}.png", d / f"im{j + 1}.png")
                     target.append(seq)
-        (tmp.tmp / "sep_trainlist.txt").write_text("".join(f"{s}\n" for s in train_list))
-        (tmp.tmp / "sep_testlist.txt").write_text("".join(f"{s}\n" for s in test_list))
-    except BaseException:
-        tmp.abort()
-        raise
-    manifest_of_tree(tmp.tmp)  # the proof that a later `--overwrite` may replace this folder
-    tmp.commit()
+        (root / "sep_trainlist.txt").write_text("".join(f"{s}\n" for s in train_list))
+        (root / "sep_testlist.txt").write_text("".join(f"{s}\n" for s in test_list))
+        manifest_of_tree(root)  # the proof that a later `--overwrite` may replace this folder
     return plans
 
 
@@ -221,9 +216,8 @@ def prepare_vid4(
     """Writes the Vid4/SPMC layout: one scene per shot (``<clip>_<first frame>``) of frames
     ``[start, start+count)`` of each source (or of its ``--holdout`` range); shots shorter than
     ``min_frames`` are skipped."""
-    tmp = AtomicDir(out)
     scenes = []
-    try:
+    with atomic_dir(out) as root:
         for source in sources:
             name = clip_name(source)
             frames = _load_clip(source, scale, None)
@@ -238,19 +232,15 @@ def prepare_vid4(
                         progress(f"{name}: skipped shot {a + s}-{a + e - 1} ({e - s} frames < {min_frames})")
                     continue
                 scene = f"{name}_{a + s:05d}"
-                (tmp.tmp / scene / "hr").mkdir(parents=True)
-                (tmp.tmp / scene / f"lr_x{scale}").mkdir(parents=True)
+                (root / scene / "hr").mkdir(parents=True)
+                (root / scene / f"lr_x{scale}").mkdir(parents=True)
                 for k, f in enumerate(frames[s:e]):
-                    write_png(tmp.tmp / scene / "hr" / f"hr_{k + 1:02d}.png", f)
-                    write_png(tmp.tmp / scene / f"lr_x{scale}" / f"lr_{k + 1:02d}.png", imresize(f, 1 / scale))
+                    write_png(root / scene / "hr" / f"hr_{k + 1:02d}.png", f)
+                    write_png(root / scene / f"lr_x{scale}" / f"lr_{k + 1:02d}.png", imresize(f, 1 / scale))
                 scenes.append(scene)
                 if progress:
                     progress(f"{name}: scene {scene}: frames {a + s}-{a + e - 1}")
-    except BaseException:
-        tmp.abort()
-        raise
-    manifest_of_tree(tmp.tmp)  # the proof that a later `--overwrite` may replace this folder
-    tmp.commit()
+        manifest_of_tree(root)  # the proof that a later `--overwrite` may replace this folder
     return scenes
 
 

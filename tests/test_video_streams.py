@@ -64,6 +64,16 @@ def _planes(frame) -> list[np.ndarray]:
     ]
 
 
+def _encode(container, stream, frames, pts, time_base: Fraction) -> None:
+    """Encodes ``frames`` with timestamps ``pts`` (in ``time_base``) into ``stream``, then flushes it."""
+    for f, t in zip(frames, pts, strict=True):
+        f.pts, f.time_base = t, time_base
+        for p in stream.encode(f):
+            container.mux(p)
+    for p in stream.encode():
+        container.mux(p)
+
+
 def _clip_planes(seed: int, depth: int) -> list[list[np.ndarray]]:
     rng = np.random.default_rng(seed)
     lo, hi = (16, 235) if depth == 8 else (64, 940)
@@ -129,13 +139,8 @@ def test_audio_is_copied_byte_for_byte(tiny, tmp_path):
         v.set_display_rotation(90)
         c.metadata["title"] = "d3d stream test"
         _, encode_audio = _add_audio(c, N / 25)
-        for i, planes in enumerate(_clip_planes(0, 8)):
-            f = _yuv_frame([p.astype(np.uint8) for p in planes], "yuv420p")
-            f.pts, f.time_base = i, Fraction(1, 25)
-            for p in v.encode(f):
-                c.mux(p)
-        for p in v.encode():
-            c.mux(p)
+        frames = [_yuv_frame([p.astype(np.uint8) for p in planes], "yuv420p") for planes in _clip_planes(0, 8)]
+        _encode(c, v, frames, range(len(frames)), Fraction(1, 25))
         encode_audio()
     out = tmp_path / "out.mp4"
     assert _upscale(model, str(src), "-o", str(out)) == 0
@@ -174,13 +179,8 @@ def _mkv_with_subtitles(tmp_path: Path) -> tuple[Path, list[float]]:
                 {"id": 2, "start": 200, "end": 400, "time_base": Fraction(1, 1000), "metadata": {"title": "two"}},
             ]
         )
-        for t, planes in zip(times_ms, _clip_planes(1, 8), strict=True):
-            f = _yuv_frame([p.astype(np.uint8) for p in planes], "yuv420p")
-            f.pts, f.time_base = t, Fraction(1, 1000)
-            for p in v.encode(f):
-                c.mux(p)
-        for p in v.encode():
-            c.mux(p)
+        frames = [_yuv_frame([p.astype(np.uint8) for p in planes], "yuv420p") for planes in _clip_planes(1, 8)]
+        _encode(c, v, frames, times_ms, Fraction(1, 1000))
         for p in subs_in.demux(subs_in.streams[0]):
             if p.size:
                 p.stream = sub
@@ -257,13 +257,8 @@ def _ten_bit_clip(tmp_path: Path) -> tuple[Path, list[list[np.ndarray]]]:
         v.width, v.height, v.pix_fmt = W, H, "yuv420p10le"
         cc = v.codec_context
         cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc = BT709_LIMITED
-        for i, planes in enumerate(clip):
-            f = _yuv_frame(planes, "yuv420p10le", BT709_LIMITED)
-            f.pts, f.time_base = i, Fraction(1, 25)
-            for p in v.encode(f):
-                c.mux(p)
-        for p in v.encode():
-            c.mux(p)
+        frames = [_yuv_frame(planes, "yuv420p10le", BT709_LIMITED) for planes in clip]
+        _encode(c, v, frames, range(len(frames)), Fraction(1, 25))
     return src, clip
 
 
@@ -313,13 +308,8 @@ def test_y4m_pipe_in_and_out_gives_the_file_path_frames(tiny, tmp_path):
     with av.open(str(y4m), "w", format="yuv4mpegpipe") as c:
         v = c.add_stream("wrapped_avframe", rate=25)
         v.width, v.height, v.pix_fmt = W, H, "yuv420p"
-        for i, planes in enumerate(_clip_planes(3, 8)):
-            f = _yuv_frame([p.astype(np.uint8) for p in planes], "yuv420p")
-            f.pts, f.time_base = i, Fraction(1, 25)
-            for p in v.encode(f):
-                c.mux(p)
-        for p in v.encode():
-            c.mux(p)
+        frames = [_yuv_frame([p.astype(np.uint8) for p in planes], "yuv420p") for planes in _clip_planes(3, 8)]
+        _encode(c, v, frames, range(len(frames)), Fraction(1, 25))
 
     ref = tmp_path / "ref.mkv"
     assert _upscale(onnx, str(y4m), "-o", str(ref), "--codec", "ffv1") == 0
@@ -359,13 +349,8 @@ def test_interrupt_while_writing_a_video_with_audio(tiny, tmp_path):
         v.width, v.height, v.pix_fmt = 2 * W, 2 * H, "yuv420p"
         _, encode_audio = _add_audio(c, frames / 25)
         rng = np.random.default_rng(4)
-        for i in range(frames):
-            f = av.VideoFrame.from_ndarray(rng.integers(0, 255, (2 * H, 2 * W, 3), dtype=np.uint8), format="rgb24")
-            f.pts, f.time_base = i, Fraction(1, 25)
-            for p in v.encode(f):
-                c.mux(p)
-        for p in v.encode():
-            c.mux(p)
+        images = (rng.integers(0, 255, (2 * H, 2 * W, 3), dtype=np.uint8) for _ in range(frames))
+        _encode(c, v, (av.VideoFrame.from_ndarray(a, format="rgb24") for a in images), range(frames), Fraction(1, 25))
         encode_audio()
     before = snapshot(tmp_path)
     cmd = [sys.executable, "-m", "d3d.cli", "upscale", "in.mp4", "--onnx", str(onnx), "-o", "out.mp4", "-q",
