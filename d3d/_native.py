@@ -97,6 +97,9 @@ def load_native(verbose: bool = False) -> None:
         name = f"d3d_ops_{_source_hash(with_cuda)}"
         build_dir = cache_dir() / "torch_ext" / name
         built = build_dir / f"{name}.so"
+        openblas = _openblas_library()
+        if openblas is not None:  # the op loads it at first use (plugins/kernels/deform_conv3d_openblas.h)
+            os.environ.setdefault("D3D_OPENBLAS_LIBRARY", openblas)
         if built.is_file():
             # Built before for exactly these sources: load it without cpp_extension's build lock, which
             # a process killed mid-check leaves behind and every later run would then wait on forever.
@@ -111,9 +114,6 @@ def load_native(verbose: bool = False) -> None:
             )
         build_dir.mkdir(parents=True, exist_ok=True)
         cflags = ["-O3", "-fopenmp", "-DNDEBUG"]
-        openblas = _openblas_library()
-        if openblas is not None:  # the op loads it at first use (plugins/kernels/deform_conv3d_openblas.h)
-            os.environ.setdefault("D3D_OPENBLAS_LIBRARY", openblas)
         if with_cuda:
             cflags.append("-DD3D_WITH_CUDA")
         try:

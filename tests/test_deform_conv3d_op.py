@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -174,3 +177,22 @@ def test_falls_back_to_the_reference_with_a_warning(gen, monkeypatch):
     with pytest.warns(RuntimeWarning, match="falling back to the pure-PyTorch DeformConv3d reference"):
         got = ops.deform_conv3d(x, off, w, b, **kw)
     torch.testing.assert_close(got, deform_conv3d_reference(x, off, w, b, **kw), rtol=0, atol=0)
+
+
+def test_fp32_forward_runs_on_openblas_also_when_the_build_is_cached(native, tmp_path):
+    """The fused CPU forward's fp32 GEMM is OpenBLAS's (what the ONNX Runtime library uses), not ATen's:
+    once the op is built (the fixture did), a fresh process loads it from the cache and must still point
+    the op at the wheel's OpenBLAS (a cache hit once skipped that, leaving the op 1.5x slower)."""
+    probe = (
+        "import torch\n"
+        "from d3d.ops import deform_conv3d\n"
+        "x = torch.randn(1, 4, 3, 8, 8); w = torch.randn(4, 4, 3, 3, 3)\n"
+        "off = torch.zeros(1, 2 * 27, 3, 8, 8)\n"
+        "deform_conv3d(x, off, w, padding=1, deform_dims='HW')\n"
+        "maps = open('/proc/self/maps').read()\n"
+        "print('openblas' if 'scipy_openblas32/lib/libscipy_openblas.so' in maps else 'no openblas')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "D3D_OPENBLAS_LIBRARY"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "openblas"

@@ -1,6 +1,7 @@
 // The CPU forward of DeformConv3d: deformable sampling fused, tile by tile, with a GEMM the host
-// supplies. One source for every CPU adapter: the PyTorch op passes ATen's BLAS (MKL) and
-// at::parallel_for, the ONNX Runtime library passes OpenBLAS and ONNX Runtime's thread pool.
+// supplies. One source for every CPU adapter: both pass OpenBLAS for fp32 (the PyTorch op falls back to
+// ATen's BLAS for other types), the PyTorch op with at::parallel_for, the ONNX Runtime library with
+// ONNX Runtime's thread pool.
 //
 // Per batch item: the input is copied once to channels-last [T*H*W, C], so that one located tap
 // interpolates all channels of its offset group in a contiguous (vectorised) loop. The output
