@@ -1,6 +1,6 @@
 // Where the time of the fused CPU forward goes, at D3Dnet's layer shape (64 -> 64, 3x3x3, T = 7,
-// deform_dims "HW", random offsets): the whole forward with OpenBLAS, the sampling alone (GEMM
-// skipped), and the GEMMs alone (sampling skipped), each the median of --repeat runs.
+// deform_dims "HW", random offsets): the whole forward with the kernel's own GEMM and with OpenBLAS's,
+// the sampling alone (GEMM skipped), and each GEMM alone (sampling skipped), each the median of 5 runs.
 //   build/bench/profile_cpu_forward [H W] [threads] [tile]
 // Built by CMake next to the ONNX Runtime library (it links the same OpenBLAS).
 #include <algorithm>
@@ -99,28 +99,37 @@ int main(int argc, char** argv) {
     for (auto& e : *v) e = nd(rng);
   std::vector<float> y(s.o * s.out_spatial()), scratch(d3d::cpu::forward_scratch_elems(s));
   const ThreadFor par{threads};
-  auto run = [&](auto gemm, bool sample) {
-    if (sample) {
-      d3d::cpu::forward_fused(s, x.data(), off.data(), w.data(), b.data(), y.data(), scratch.data(), par, gemm, tile);
-    } else {  // the GEMMs of every tile on a fixed column block
-      const int64_t L = s.out_spatial(), R = s.col_rows(), ntiles = (L + tile - 1) / tile;
-      par(0, ntiles, [&](int64_t b0, int64_t e0) {
-        std::vector<float> col(tile * R, 0.5f);
-        for (int64_t t = b0; t < e0; ++t) {
-          const int64_t nt = std::min(tile, L - t * tile);
-          gemm(s.o, nt, R, w.data(), R, col.data(), R, y.data() + t * tile, L);
-        }
-      });
-    }
+  const int64_t L = s.out_spatial(), R = s.col_rows(), ntiles = (L + tile - 1) / tile;
+  // The whole forward, with the kernel's own GEMM (where the CPU has one) or the host's (OpenBLAS).
+  auto forward = [&](auto gemm, bool host_gemm) {
+    d3d::cpu::forward_fused(s, x.data(), off.data(), w.data(), b.data(), y.data(), scratch.data(), par, gemm, tile,
+                            host_gemm);
   };
-  const auto full = median_ms([&] { run(BlasGemm{}, true); }, repeat);
-  const auto sample = median_ms([&] { run(NoGemm{}, true); }, repeat);
-  const auto gemm = median_ms([&] { run(BlasGemm{}, false); }, repeat);
+  // The GEMMs of every tile on a fixed column block (no sampling).
+  auto gemms = [&](bool own) {
+    par(0, ntiles, [&](int64_t b0, int64_t e0) {
+      std::vector<float> col(tile * R, 0.5f);
+      for (int64_t t = b0; t < e0; ++t) {
+        const int64_t nt = std::min(tile, L - t * tile);
+        if (!own || !d3d::cpu::gemm_tile_f32(nt, R, col.data(), R, w.data(), s.o, b.data(), y.data() + t * tile, L))
+          BlasGemm{}(s.o, nt, R, w.data(), R, col.data(), R, y.data() + t * tile, L);
+      }
+    });
+  };
+  const auto full = median_ms([&] { forward(BlasGemm{}, false); }, repeat);
+  const auto full_host = median_ms([&] { forward(BlasGemm{}, true); }, repeat);
+  const auto sample = median_ms([&] { forward(NoGemm{}, true); }, repeat);
+  const auto own = median_ms([&] { gemms(true); }, repeat);
+  const auto host = median_ms([&] { gemms(false); }, repeat);
   const double gflop = 2.0 * s.o * s.col_rows() * s.out_spatial() / 1e9;
   std::printf(
-      "%lldx%lld, %d threads, tile %lld, OpenBLAS core %s; wall (CPU) ms: forward %.1f (%.1f) | sampling alone %.1f "
-      "(%.1f) | GEMMs alone %.1f (%.1f), %.0f GFLOP/s per thread\n",
-      (long long)H, (long long)W, threads, (long long)tile, scipy_openblas_get_corename(), full.first, full.second,
-      sample.first, sample.second, gemm.first, gemm.second, gflop / gemm.second * 1e3);
+      "%lldx%lld, %d threads, tile %lld, own GEMM %s, OpenBLAS core %s; wall (CPU) ms:\n"
+      "  forward %.1f (%.1f) | forward with OpenBLAS %.1f (%.1f) | sampling alone %.1f (%.1f)\n"
+      "  own GEMMs alone %.1f (%.1f), %.0f GFLOP/s per thread | OpenBLAS GEMMs alone %.1f (%.1f), %.0f GFLOP/s per "
+      "thread\n",
+      (long long)H, (long long)W, threads, (long long)tile, d3d::cpu::avx512_gemm_available() ? "AVX-512" : "none",
+      scipy_openblas_get_corename(), full.first, full.second, full_host.first, full_host.second, sample.first,
+      sample.second, own.first, own.second, gflop / own.second * 1e3, host.first, host.second,
+      gflop / host.second * 1e3);
   return 0;
 }

@@ -77,6 +77,22 @@ def test_low_precision_io(native, gen, dtype, tol):
     assert rel <= tol, f"{dtype}: relative error {rel:.3e}"
 
 
+@pytest.mark.parametrize("o,groups", [(64, 1), (32, 1), (96, 2), (80, 1)])
+def test_fp32_at_d3dnet_channel_counts(native, gen, o, groups):
+    """fp32 with output-channel groups of a multiple of 16, which take the kernel's own AVX-512 GEMM on
+    such CPUs (plugins/kernels/deform_conv3d_cpu_gemm.h), against the fp64 reference."""
+    c, size = 8, (3, 6, 29)  # 522 positions: several tiles, the last block of positions partial
+    x = torch.randn(1, c, *size, generator=gen, dtype=torch.float64)
+    w = torch.randn(o, c // groups, 3, 3, 3, generator=gen, dtype=torch.float64) / 15.0
+    b = torch.randn(o, generator=gen, dtype=torch.float64)
+    off = _random_offsets((1, 2 * 27, *size), size, gen)
+    kw = dict(padding=1, groups=groups, deform_dims="HW")
+    x, w, b, off = (t.float().double() for t in (x, w, b, off))  # the reference sees exactly the fp32 values
+    want = deform_conv3d_reference(x, off, w, b, **kw)
+    got = deform_conv3d(x.float(), off.float(), w.float(), b.float(), **kw)
+    torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=0)
+
+
 @pytest.mark.parametrize("dims", ["HW", "THW"])
 def test_zero_offsets_equal_conv3d(native, gen, dims):
     x = torch.randn(2, 6, 5, 9, 8, generator=gen)

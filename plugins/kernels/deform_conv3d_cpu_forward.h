@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "deform_conv3d_attrs.h"
+#include "deform_conv3d_cpu_gemm.h"
 #include "deform_conv3d_math.h"
 
 // The hot loops are compiled for AVX-512, AVX2+FMA and baseline x86-64 and picked at load time, so a
@@ -217,22 +218,35 @@ scalar_t* tile_buffer(size_t elems) {
 //   par(begin, end, fn): the host's parallel-for; fn(b, e) processes items [b, e). Items never write
 //     the same output element, so any split is safe.
 //   gemm(m, n, k, A, lda, B, ldb, C, ldc): C[m x n] = A[m x k] . B[n x k]^T, row-major, run on the
-//     calling thread (it is called from inside par).
+//     calling thread (it is called from inside par). fp32 with output-channel groups of a multiple of
+//     16 on an AVX-512 CPU uses the kernel's own GEMM instead (deform_conv3d_cpu_gemm.h), unless
+//     host_gemm is set.
 // Returns "" or the reason it failed (memory for the tile buffer); never throws.
 template <typename scalar_t, typename ParFor, typename Gemm>
 std::string forward_fused(const DeformConv3dShape& s, const scalar_t* x, const scalar_t* offset, const scalar_t* weight,
                           const scalar_t* bias, scalar_t* y, scalar_t* scratch, const ParFor& par, const Gemm& gemm,
-                          int64_t tile = kTilePositions) {
+                          int64_t tile = kTilePositions, bool host_gemm = false) {
   using acc_t = typename AccType<scalar_t>::type;
   tile = std::max<int64_t>(1, std::min(tile, kTilePositions));
   const int64_t K = s.taps(), L = s.out_spatial(), V = s.in_spatial(), R = s.col_rows();
   const int64_t G = s.group, cpg = s.c / G, opg = s.o / G, rows = cpg * K;
+  bool own_gemm = false;
+  if constexpr (std::is_same<scalar_t, float>::value) own_gemm = !host_gemm && opg % 16 == 0 && avx512_gemm_available();
   scalar_t* x_cl = scratch;
   scalar_t* wp = scratch + s.c * V;
-  // Weight [O, C/G, K] -> [O, K, C/G], the tap-major order of the column rows.
-  for (int64_t o = 0; o < s.o; ++o)
-    for (int64_t c = 0; c < cpg; ++c)
-      for (int64_t k = 0; k < K; ++k) wp[(o * K + k) * cpg + c] = weight[(o * cpg + c) * K + k];
+  if (own_gemm) {
+    // Weight [O, C/G, K] -> [G, K, C/G, O/G]: per group, one row of output channels per column row.
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t o = 0; o < opg; ++o)
+        for (int64_t c = 0; c < cpg; ++c)
+          for (int64_t k = 0; k < K; ++k)
+            wp[(g * rows + k * cpg + c) * opg + o] = weight[((g * opg + o) * cpg + c) * K + k];
+  } else {
+    // Weight [O, C/G, K] -> [O, K, C/G], the tap-major order of the column rows.
+    for (int64_t o = 0; o < s.o; ++o)
+      for (int64_t c = 0; c < cpg; ++c)
+        for (int64_t k = 0; k < K; ++k) wp[(o * K + k) * cpg + c] = weight[(o * cpg + c) * K + k];
+  }
   const int64_t ntiles = (L + tile - 1) / tile;
   std::atomic<bool> failed{false};
   for (int64_t n = 0; n < s.n; ++n) {
@@ -250,6 +264,14 @@ std::string forward_fused(const DeformConv3dShape& s, const scalar_t* x, const s
       for (int64_t t = b; t < e; ++t) {
         const int64_t l0 = t * tile, nt = std::min(tile, L - l0);
         sample_tile(s, x_cl, off_n, l0, nt, colT);
+        if constexpr (std::is_same<scalar_t, float>::value) {
+          if (own_gemm) {
+            for (int64_t g = 0; g < G; ++g)
+              gemm_tile_f32(nt, rows, colT + g * rows, R, wp + g * rows * opg, opg,
+                            bias != nullptr ? bias + g * opg : nullptr, y_n + g * opg * L + l0, L);
+            continue;
+          }
+        }
         for (int64_t g = 0; g < G; ++g) {
           scalar_t* yg = y_n + g * opg * L + l0;
           gemm(opg, nt, rows, wp + g * opg * rows, rows, colT + g * rows, R, yg, L);

@@ -285,6 +285,87 @@ void test_fused_forward_against_reference_forward() {
   }
 }
 
+// The fp32 forward with the kernel's own AVX-512 GEMM (output-channel groups of 16, 32, 48, 64 and 80,
+// which take the 1-4 vector blocks and a 64 + 16 split; position counts that end in a partial block)
+// against the fp64 reference forward, and against the same fp32 forward on the host's GEMM.
+struct NaiveGemmF {  // C[m x n] = A[m x k] . B[n x k]^T in fp64, stored as fp32
+  void operator()(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                  int64_t ldc) const {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        double acc = 0;
+        for (int64_t r = 0; r < k; ++r) acc += double(a[i * lda + r]) * b[j * ldb + r];
+        c[i * ldc + j] = static_cast<float>(acc);
+      }
+  }
+};
+
+void test_own_fp32_gemm_against_reference_forward() {
+  if (!d3d::cpu::avx512_gemm_available()) {
+    std::printf("SKIP own fp32 GEMM: this CPU has no AVX-512 (the host GEMM is used; covered above)\n");
+    return;
+  }
+  struct Case {
+    int64_t in[5], w[5];
+    int64_t group;
+    bool bias;
+  };
+  const Case cases[] = {
+      {{1, 8, 3, 5, 7}, {16, 8, 3, 3, 3}, 1, true},   // 1 vector, 105 positions (partial block of 24)
+      {{2, 6, 2, 5, 9}, {32, 6, 1, 3, 3}, 1, false},  // 2 vectors
+      {{1, 4, 3, 4, 5}, {48, 4, 3, 3, 3}, 1, true},   // 3 vectors
+      {{1, 8, 3, 7, 5}, {128, 4, 3, 3, 3}, 2, true},  // 2 groups of 64: 4 vectors each
+      {{1, 4, 2, 3, 11}, {80, 4, 3, 1, 3}, 1, true},  // 64 + 16
+  };
+  for (const Case& cs : cases) {
+    d3d::DeformConv3dAttrs a;
+    a.pad[0] = a.pad[1] = a.pad[2] = 1;
+    a.group = cs.group;
+    a.deform_dims = "HW";
+    d3d::DeformConv3dShape s;
+    const std::string err = d3d::make_shape(a, cs.in, cs.w, -1, &s);
+    CHECK(err.empty(), "%s", err.c_str());
+    if (!err.empty()) continue;
+    const int64_t L = s.out_spatial();
+    std::vector<double> x(s.n * s.c * s.in_spatial()), w(s.o * (s.c / s.group) * s.taps()), b(s.o);
+    std::vector<double> off(s.n * s.offset_channels() * L);
+    for (auto* vec : {&x, &w, &b}) {
+      for (auto& v : *vec) v = uniform(-1, 1);
+    }
+    for (auto& v : off) v = uniform(0, 1) < 0.15 ? (uniform(0, 1) < 0.5 ? -20.0 : 20.0) : uniform(-2.5, 2.5);
+    // fp32 inputs, and the fp64 reference run on exactly those values
+    std::vector<float> xf(x.begin(), x.end()), wf(w.begin(), w.end()), bf(b.begin(), b.end()),
+        of(off.begin(), off.end());
+    for (size_t i = 0; i < x.size(); ++i) x[i] = xf[i];
+    for (size_t i = 0; i < w.size(); ++i) w[i] = wf[i];
+    for (size_t i = 0; i < b.size(); ++i) b[i] = bf[i];
+    for (size_t i = 0; i < off.size(); ++i) off[i] = of[i];
+    const double* bias = cs.bias ? b.data() : nullptr;
+    std::vector<double> want(s.n * s.o * L), col(s.col_rows() * L);
+    d3d::cpu::forward(s, x.data(), off.data(), w.data(), bias, want.data(), col.data(), s.col_rows() * L);
+    std::vector<float> scratch(d3d::cpu::forward_scratch_elems(s));
+    std::vector<float> own(want.size(), 12345.0f), host(want.size(), -12345.0f);
+    for (int64_t tile : {int64_t(7), d3d::cpu::kTilePositions}) {
+      std::string e = d3d::cpu::forward_fused(s, xf.data(), of.data(), wf.data(), cs.bias ? bf.data() : nullptr,
+                                              own.data(), scratch.data(), ReversedChunksFor(), NaiveGemmF(), tile);
+      CHECK(e.empty(), "%s", e.c_str());
+      e = d3d::cpu::forward_fused(s, xf.data(), of.data(), wf.data(), cs.bias ? bf.data() : nullptr, host.data(),
+                                  scratch.data(), ReversedChunksFor(), NaiveGemmF(), tile, /*host_gemm=*/true);
+      CHECK(e.empty(), "%s", e.c_str());
+      double err_own = 0, err_host = 0;
+      for (size_t i = 0; i < want.size(); ++i) {
+        err_own = std::fmax(err_own, std::fabs(own[i] - want[i]));
+        err_host = std::fmax(err_host, std::fabs(host[i] - want[i]));
+      }
+      // a sum of ~C/G*27 products of magnitude <= 1: fp32 rounding stays well under 1e-4
+      CHECK(err_own < 1e-4, "O=%lld G=%lld tile %lld: own GEMM max error %g", static_cast<long long>(s.o),
+            static_cast<long long>(s.group), static_cast<long long>(tile), err_own);
+      CHECK(err_host < 1e-4, "O=%lld tile %lld: host GEMM max error %g", static_cast<long long>(s.o),
+            static_cast<long long>(tile), err_host);
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -295,5 +376,6 @@ int main() {
   test_attribute_validation();
   test_forward_against_direct_conv();
   test_fused_forward_against_reference_forward();
+  test_own_fp32_gemm_against_reference_forward();
   return d3d_test::report();
 }
