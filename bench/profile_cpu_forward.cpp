@@ -127,7 +127,7 @@ int main(int argc, char** argv) {
       "  forward %.1f (%.1f) | forward with OpenBLAS %.1f (%.1f) | sampling alone %.1f (%.1f)\n"
       "  own GEMMs alone %.1f (%.1f), %.0f GFLOP/s per thread | OpenBLAS GEMMs alone %.1f (%.1f), %.0f GFLOP/s per "
       "thread\n",
-      (long long)H, (long long)W, threads, (long long)tile, d3d::cpu::avx512_gemm_available() ? "AVX-512" : "none",
+      (long long)H, (long long)W, threads, (long long)tile, d3d::cpu::avx512_available() ? "AVX-512" : "none",
       scipy_openblas_get_corename(), full.first, full.second, full_host.first, full_host.second, sample.first,
       sample.second, own.first, own.second, gflop / own.second * 1e3, host.first, host.second,
       gflop / host.second * 1e3);

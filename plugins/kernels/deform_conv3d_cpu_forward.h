@@ -173,6 +173,112 @@ D3D_ALWAYS_INLINE void sample_tile_impl(const DeformConv3dShape& s, const scalar
   }
 }
 
+#ifdef D3D_AVX512_GEMM
+// GCC 12 flags the intrinsics' own _mm512_undefined_* operands as maybe-uninitialized (a false positive).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// Lanes with 0 <= v < n; v clamped to [0, hi].
+__attribute__((target("avx512f"), always_inline)) inline __mmask16 inside_avx512(__m512i v, __m512i n) {
+  return static_cast<__mmask16>(_mm512_cmpge_epi32_mask(v, _mm512_setzero_si512()) & _mm512_cmplt_epi32_mask(v, n));
+}
+__attribute__((target("avx512f"), always_inline)) inline __m512i clamp_avx512(__m512i v, __m512i hi) {
+  return _mm512_min_epi32(_mm512_max_epi32(v, _mm512_setzero_si512()), hi);
+}
+
+// sample_tile_impl for fp32 and deform_dims "HW" (D3Dnet's) on AVX-512: each tap is bilinear in (h, w)
+// at an integer time index, and the corners of 16 positions are located at once in vector registers
+// (the whole forward measured 6 % faster than locating one point at a time). A corner outside gets weight
+// 0 and a pixel clamped into it, so the gather that follows has no branches. Same validity rule and
+// weights as locate_corners: positions are first clamped to [-2, size + 1], so every lane converts to
+// a small integer and NaN lands outside, as the comparisons there send it; the one difference is that a
+// zero-weight corner's value is multiplied by 0 instead of skipped.
+__attribute__((target("avx512f"))) inline void sample_tile_hw_avx512(const DeformConv3dShape& s, const float* x_cl,
+                                                                     const float* offset_n, int64_t l0, int64_t nt,
+                                                                     float* colT) {
+  const int64_t K = s.taps(), L = s.out_spatial(), R = s.col_rows(), C = s.c;
+  const int64_t cpg = s.c / s.group, cpo = s.c / s.offset_group;
+  const int T = static_cast<int>(s.t), H = static_cast<int>(s.h), W = static_cast<int>(s.w);
+  alignas(64) int32_t bt[kTilePositions + 16], bh[kTilePositions + 16], bw[kTilePositions + 16];
+  for (int64_t j = 0; j < nt + 16; ++j) {  // past nt: any valid position (their results are not used)
+    const int64_t l = l0 + std::min(j, nt - 1);
+    bt[j] = static_cast<int32_t>((l / (s.out[1] * s.out[2])) * s.stride[0] - s.pad[0]);
+    bh[j] = static_cast<int32_t>(((l / s.out[2]) % s.out[1]) * s.stride[1] - s.pad[1]);
+    bw[j] = static_cast<int32_t>((l % s.out[2]) * s.stride[2] - s.pad[2]);
+  }
+  const __m512i one = _mm512_set1_epi32(1);
+  const __m512i vT = _mm512_set1_epi32(T), vH = _mm512_set1_epi32(H), vW = _mm512_set1_epi32(W);
+  const __m512i vH1 = _mm512_set1_epi32(H - 1), vW1 = _mm512_set1_epi32(W - 1), vT1 = _mm512_set1_epi32(T - 1);
+  const __m512 lo = _mm512_set1_ps(-2.0f), hiH = _mm512_set1_ps(H + 1.0f), hiW = _mm512_set1_ps(W + 1.0f);
+  const __m512 fone = _mm512_set1_ps(1.0f);
+  alignas(64) int32_t px[4][16];
+  alignas(64) float wt[4][16];
+  for (int64_t og = 0; og < s.offset_group; ++og) {
+    for (int64_t k = 0; k < K; ++k) {
+      const __m512i st = _mm512_set1_epi32(static_cast<int>((k / (s.k[1] * s.k[2])) * s.dil[0]));
+      const __m512 sh = _mm512_set1_ps(static_cast<float>(((k / s.k[2]) % s.k[1]) * s.dil[1]));
+      const __m512 sw = _mm512_set1_ps(static_cast<float>((k % s.k[2]) * s.dil[2]));
+      const float* oh = offset_n + ((og * K + k) * s.nd + s.slot[1]) * L + l0;
+      const float* ow = offset_n + ((og * K + k) * s.nd + s.slot[2]) * L + l0;
+      for (int64_t j0 = 0; j0 < nt; j0 += 16) {
+        const int nb = static_cast<int>(std::min<int64_t>(16, nt - j0));
+        const __mmask16 live = static_cast<__mmask16>((1u << nb) - 1u);
+        const __m512i t = _mm512_add_epi32(_mm512_load_si512(bt + j0), st);
+        __m512 ph = _mm512_add_ps(_mm512_add_ps(_mm512_cvtepi32_ps(_mm512_load_si512(bh + j0)), sh),
+                                  _mm512_maskz_loadu_ps(live, oh + j0));
+        __m512 pw = _mm512_add_ps(_mm512_add_ps(_mm512_cvtepi32_ps(_mm512_load_si512(bw + j0)), sw),
+                                  _mm512_maskz_loadu_ps(live, ow + j0));
+        ph = _mm512_min_ps(_mm512_max_ps(ph, lo), hiH);  // max_ps(NaN, lo) is lo
+        pw = _mm512_min_ps(_mm512_max_ps(pw, lo), hiW);
+        const __m512 fh0 = _mm512_roundscale_ps(ph, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+        const __m512 fw0 = _mm512_roundscale_ps(pw, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+        const __m512i h0 = _mm512_cvttps_epi32(fh0), w0 = _mm512_cvttps_epi32(fw0);
+        const __m512i h1 = _mm512_add_epi32(h0, one), w1 = _mm512_add_epi32(w0, one);
+        const __m512 fh = _mm512_sub_ps(ph, fh0), fw = _mm512_sub_ps(pw, fw0);
+        const __mmask16 vt = inside_avx512(t, vT);
+        const __m512 gh0 = _mm512_maskz_mov_ps(vt & inside_avx512(h0, vH), _mm512_sub_ps(fone, fh));
+        const __m512 gh1 = _mm512_maskz_mov_ps(vt & inside_avx512(h1, vH), fh);
+        const __m512 gw0 = _mm512_maskz_mov_ps(inside_avx512(w0, vW), _mm512_sub_ps(fone, fw));
+        const __m512 gw1 = _mm512_maskz_mov_ps(inside_avx512(w1, vW), fw);
+        const __m512i tH = _mm512_mullo_epi32(clamp_avx512(t, vT1), vH);
+        const __m512i r0 = _mm512_mullo_epi32(_mm512_add_epi32(tH, clamp_avx512(h0, vH1)), vW);
+        const __m512i r1 = _mm512_mullo_epi32(_mm512_add_epi32(tH, clamp_avx512(h1, vH1)), vW);
+        const __m512i c0 = clamp_avx512(w0, vW1), c1 = clamp_avx512(w1, vW1);
+        _mm512_store_si512(px[0], _mm512_add_epi32(r0, c0));
+        _mm512_store_si512(px[1], _mm512_add_epi32(r0, c1));
+        _mm512_store_si512(px[2], _mm512_add_epi32(r1, c0));
+        _mm512_store_si512(px[3], _mm512_add_epi32(r1, c1));
+        _mm512_store_ps(wt[0], _mm512_mul_ps(gh0, gw0));
+        _mm512_store_ps(wt[1], _mm512_mul_ps(gh0, gw1));
+        _mm512_store_ps(wt[2], _mm512_mul_ps(gh1, gw0));
+        _mm512_store_ps(wt[3], _mm512_mul_ps(gh1, gw1));
+        for (int j = 0; j < nb; ++j) {
+          const float* a = x_cl + int64_t(px[0][j]) * C;
+          const float* b = x_cl + int64_t(px[1][j]) * C;
+          const float* d = x_cl + int64_t(px[2][j]) * C;
+          const float* e = x_cl + int64_t(px[3][j]) * C;
+          const float w00 = wt[0][j], w01 = wt[1][j], w10 = wt[2][j], w11 = wt[3][j];
+          float* row = colT + (j0 + j) * R;
+          for (int64_t c = og * cpo; c < (og + 1) * cpo;) {  // runs within one channel group
+            const int64_t g = s.group == 1 ? 0 : c / cpg, end = std::min((g + 1) * cpg, (og + 1) * cpo);
+            float* dst = row + (g * K + k) * cpg + (c - g * cpg);
+            for (int64_t i = 0; i < end - c; ++i)
+              dst[i] = w00 * a[c + i] + w01 * b[c + i] + w10 * d[c + i] + w11 * e[c + i];
+            c = end;
+          }
+        }
+      }
+    }
+  }
+}
+#pragma GCC diagnostic pop
+#endif
+
+// Whether sample_tile_hw_avx512 applies: fp32 on an AVX-512 CPU, only H and W deformed, pixel
+// indices within int32.
+inline bool hw_sampler_applies(const DeformConv3dShape& s) {
+  return avx512_available() && s.slot[0] < 0 && s.slot[1] >= 0 && s.slot[2] >= 0 && s.in_spatial() < (int64_t(1) << 31);
+}
+
 template <typename scalar_t>
 inline void sample_tile(const DeformConv3dShape& s, const scalar_t* x_cl, const scalar_t* offset_n, int64_t l0,
                         int64_t nt, scalar_t* colT) {
@@ -187,6 +293,9 @@ D3D_CPU_CLONES inline void sample_tile_f32(const DeformConv3dShape& s, const flo
 template <>
 inline void sample_tile<float>(const DeformConv3dShape& s, const float* x_cl, const float* offset_n, int64_t l0,
                                int64_t nt, float* colT) {
+#ifdef D3D_AVX512_GEMM
+  if (hw_sampler_applies(s)) return sample_tile_hw_avx512(s, x_cl, offset_n, l0, nt, colT);
+#endif
   sample_tile_f32(s, x_cl, offset_n, l0, nt, colT);
 }
 
@@ -231,7 +340,7 @@ std::string forward_fused(const DeformConv3dShape& s, const scalar_t* x, const s
   const int64_t K = s.taps(), L = s.out_spatial(), V = s.in_spatial(), R = s.col_rows();
   const int64_t G = s.group, cpg = s.c / G, opg = s.o / G, rows = cpg * K;
   bool own_gemm = false;
-  if constexpr (std::is_same<scalar_t, float>::value) own_gemm = !host_gemm && opg % 16 == 0 && avx512_gemm_available();
+  if constexpr (std::is_same<scalar_t, float>::value) own_gemm = !host_gemm && opg % 16 == 0 && avx512_available();
   scalar_t* x_cl = scratch;
   scalar_t* wp = scratch + s.c * V;
   if (own_gemm) {

@@ -21,7 +21,7 @@ namespace cpu {
 
 #ifdef D3D_AVX512_GEMM
 
-inline bool avx512_gemm_available() {
+inline bool avx512_available() {
   static const bool ok = __builtin_cpu_supports("avx512f");
   return ok;
 }
@@ -70,7 +70,7 @@ __attribute__((target("avx512f"))) inline void gemm_tile_avx512(int64_t nt, int6
 // the host's). colT rows are R apart and hold `rows` values for this group from their start.
 inline bool gemm_tile_f32(int64_t nt, int64_t rows, const float* colT, int64_t R, const float* wt, int64_t opg,
                           const float* bias, float* y, int64_t L) {
-  if (opg % 16 != 0 || !avx512_gemm_available()) return false;
+  if (opg % 16 != 0 || !avx512_available()) return false;
   for (int64_t ob = 0; ob < opg;) {
     switch (std::min<int64_t>(4, (opg - ob) / 16)) {
       case 4:
@@ -95,7 +95,7 @@ inline bool gemm_tile_f32(int64_t nt, int64_t rows, const float* colT, int64_t R
 
 #else
 
-inline bool avx512_gemm_available() { return false; }
+inline bool avx512_available() { return false; }
 inline bool gemm_tile_f32(int64_t, int64_t, const float*, int64_t, const float*, int64_t, const float*, float*,
                           int64_t) {
   return false;

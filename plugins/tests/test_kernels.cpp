@@ -3,6 +3,7 @@
 // adjointness, or a direct convolution loop written here.
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -287,7 +288,8 @@ void test_fused_forward_against_reference_forward() {
 
 // The fp32 forward with the kernel's own AVX-512 GEMM (output-channel groups of 16, 32, 48, 64 and 80,
 // which take the 1-4 vector blocks and a 64 + 16 split; position counts that end in a partial block)
-// against the fp64 reference forward, and against the same fp32 forward on the host's GEMM.
+// and its vector "HW" sampler (offset groups, stride, dilation, huge/inf/NaN offsets) against the fp64
+// reference forward, and against the same fp32 forward on the host's GEMM.
 struct NaiveGemmF {  // C[m x n] = A[m x k] . B[n x k]^T in fp64, stored as fp32
   void operator()(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
                   int64_t ldc) const {
@@ -301,26 +303,31 @@ struct NaiveGemmF {  // C[m x n] = A[m x k] . B[n x k]^T in fp64, stored as fp32
 };
 
 void test_own_fp32_gemm_against_reference_forward() {
-  if (!d3d::cpu::avx512_gemm_available()) {
+  if (!d3d::cpu::avx512_available()) {
     std::printf("SKIP own fp32 GEMM: this CPU has no AVX-512 (the host GEMM is used; covered above)\n");
     return;
   }
   struct Case {
     int64_t in[5], w[5];
-    int64_t group;
+    int64_t group, offset_group, stride, dil;
     bool bias;
   };
   const Case cases[] = {
-      {{1, 8, 3, 5, 7}, {16, 8, 3, 3, 3}, 1, true},   // 1 vector, 105 positions (partial block of 24)
-      {{2, 6, 2, 5, 9}, {32, 6, 1, 3, 3}, 1, false},  // 2 vectors
-      {{1, 4, 3, 4, 5}, {48, 4, 3, 3, 3}, 1, true},   // 3 vectors
-      {{1, 8, 3, 7, 5}, {128, 4, 3, 3, 3}, 2, true},  // 2 groups of 64: 4 vectors each
-      {{1, 4, 2, 3, 11}, {80, 4, 3, 1, 3}, 1, true},  // 64 + 16
+      {{1, 8, 3, 5, 7}, {16, 8, 3, 3, 3}, 1, 1, 1, 1, true},   // 1 vector, 105 positions (partial block of 24)
+      {{2, 6, 2, 5, 9}, {32, 6, 1, 3, 3}, 1, 2, 1, 1, false},  // 2 vectors, 2 offset groups
+      {{1, 4, 3, 4, 5}, {48, 4, 3, 3, 3}, 1, 1, 1, 2, true},   // 3 vectors, dilation 2
+      {{1, 8, 3, 7, 5}, {128, 4, 3, 3, 3}, 2, 4, 1, 1, true},  // 2 groups of 64: 4 vectors each
+      {{1, 4, 2, 3, 11}, {80, 4, 3, 1, 3}, 1, 1, 2, 1, true},  // 64 + 16, stride 2
+      // 3 groups of 2 output channels (the host GEMM) and 2 offset groups whose channels straddle them
+      {{1, 6, 3, 9, 8}, {6, 2, 3, 3, 3}, 3, 2, 1, 1, true},
   };
   for (const Case& cs : cases) {
     d3d::DeformConv3dAttrs a;
     a.pad[0] = a.pad[1] = a.pad[2] = 1;
     a.group = cs.group;
+    a.offset_group = cs.offset_group;
+    a.stride[0] = a.stride[1] = a.stride[2] = cs.stride;
+    a.dil[0] = a.dil[1] = a.dil[2] = cs.dil;
     a.deform_dims = "HW";
     d3d::DeformConv3dShape s;
     const std::string err = d3d::make_shape(a, cs.in, cs.w, -1, &s);
@@ -333,6 +340,14 @@ void test_own_fp32_gemm_against_reference_forward() {
       for (auto& v : *vec) v = uniform(-1, 1);
     }
     for (auto& v : off) v = uniform(0, 1) < 0.15 ? (uniform(0, 1) < 0.5 ? -20.0 : 20.0) : uniform(-2.5, 2.5);
+    // Offsets the vector sampler must clamp before converting to int: huge, infinite and NaN (the
+    // reference treats each as outside the volume).
+    for (size_t i = 0; i + 3 < off.size(); i += 97) {
+      off[i] = 1e30;
+      off[i + 1] = -1e30;
+      off[i + 2] = std::numeric_limits<double>::infinity();
+      off[i + 3] = std::numeric_limits<double>::quiet_NaN();
+    }
     // fp32 inputs, and the fp64 reference run on exactly those values
     std::vector<float> xf(x.begin(), x.end()), wf(w.begin(), w.end()), bf(b.begin(), b.end()),
         of(off.begin(), off.end());
