@@ -40,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     be.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay the engine launch as a CUDA graph")
     be.add_argument("--no-estimate", action="store_true", help="skip the time/memory estimate (and its check)")
     run = parser.add_argument_group("frames")
-    run.add_argument("--start", type=int_at_least(0), default=0, help="first input frame")
+    run.add_argument(
+        "--start", type=int_at_least(0), default=0, help="first input frame (a --scene-cuts FILE still counts from 0)"
+    )
     run.add_argument("--max-frames", type=positive_int, help="upscale at most this many frames")
     run.add_argument(
         "--downscale",
@@ -58,7 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "off, or FILE: frame indices that start a shot (comma, space or line separated, # comments), counted "
         "from the input's first frame whatever --start is (docs/VIDEO.md)",
     )
-    run.add_argument("--cut-threshold", type=float, help="--scene-cuts detect: histogram distance in (0, 1] (0.17)")
+    run.add_argument(
+        "--cut-threshold",
+        type=float,
+        metavar="T",
+        help="--scene-cuts detect: histogram distance in (0, 1] above which a frame starts a shot (default 0.17, "
+        "as d3d prepare)",
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--codec", choices=ENCODERS, default="libx264", help="video encoder (ffv1: lossless, for .mkv)")
     out.add_argument("--crf", type=int_at_least(0), default=18, help="x264/x265 quality (lower is better)")
