@@ -35,22 +35,43 @@ def histogram(frame: np.ndarray) -> np.ndarray:
     return h / max(y.size, 1)
 
 
+def distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Total-variation distance of two normalised histograms (in [0, 1])."""
+    return float(0.5 * np.abs(a - b).sum())
+
+
+class CutDetector:
+    """The detector in streaming form: frames are pushed in order and each push says whether that frame
+    starts a new shot. Only the previous frame's histogram is kept. :func:`detect_cuts` (training data)
+    and the video runtime both use it, so they find the same cuts in the same frames."""
+
+    def __init__(self, threshold: float = DEFAULT_THRESHOLD) -> None:
+        if not 0 < threshold <= 1:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        self.threshold = threshold
+        self._prev: np.ndarray | None = None
+
+    def push(self, frame: np.ndarray) -> bool:
+        h = histogram(frame)
+        prev, self._prev = self._prev, h
+        return prev is not None and distance(h, prev) > self.threshold
+
+
 def cut_scores(frames: Iterable[np.ndarray]) -> Iterator[float]:
     """For each frame after the first, its histogram distance to the previous frame (in [0, 1])."""
     prev = None
     for frame in frames:
         h = histogram(frame)
         if prev is not None:
-            yield float(0.5 * np.abs(h - prev).sum())
+            yield distance(h, prev)
         prev = h
 
 
 def detect_cuts(frames: Iterable[np.ndarray], threshold: float = DEFAULT_THRESHOLD) -> list[int]:
     """Indices of the frames that start a new shot (never 0). Works on a stream: one frame's
     histogram is kept at a time."""
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    return [i + 1 for i, s in enumerate(cut_scores(frames)) if s > threshold]
+    detector = CutDetector(threshold)
+    return [i for i, frame in enumerate(frames) if detector.push(frame)]
 
 
 def shots(num_frames: int, cuts: Iterable[int]) -> list[tuple[int, int]]:

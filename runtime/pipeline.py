@@ -1,9 +1,10 @@
 """Streaming video super-resolution: decode each frame once, keep only the window, write atomically.
 
 Frame i is upscaled from frames i-h .. i+h (h = frames // 2), indices clamped at the ends as in the
-seed. Y goes through the network; chroma is upscaled bicubically. Y'CbCr video is worked on in its
-decoded planes with its own colour tags and bit depth (:mod:`d3d.runtime.video`); RGB sources take the
-seed's BT.601 conversion. Memory is bounded by the window, not by the video's length.
+seed and at scene cuts (:mod:`d3d.runtime.scenes`). Y goes through the network; chroma is upscaled
+bicubically. Y'CbCr video is worked on in its decoded planes with its own colour tags and bit depth
+(:mod:`d3d.runtime.video`); RGB sources take the seed's BT.601 conversion. Memory is bounded by the
+window, not by the video's length.
 
 Three stages overlap (:func:`run_upscale`): a decoder thread (demux, decode, convert to the network's Y),
 the network in the calling thread, and a writer thread (chroma upscale, conversion to code values,
@@ -20,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from d3d.color import rgb_to_ycbcr, ycbcr_to_rgb
 from d3d.errors import D3DError
 from d3d.outputs import check_target, write_manifest
 from d3d.runtime.backends.base import Runner, peak_rss_mb
+from d3d.runtime.scenes import CutTracker, SceneCuts, window_indices
 from d3d.runtime.video import (
     ENCODERS,
     Copy,
@@ -76,6 +78,7 @@ class InFrame:
     planes: np.ndarray | None = None
     pts: int | None = None
     time_base: Fraction | None = None
+    cut: bool = False  # starts a new shot: no window fuses it with the frames before
 
 
 @dataclass
@@ -117,6 +120,7 @@ class FrameSource:
     time_base: Fraction | None = None
     total: int | None = None
     size: tuple[int, int] | None = None  # (height, width) of the frames, known before decoding
+    start: int = 0  # input index of the first frame read (--start)
     first_name: str = ""  # what the summary names: first and last file (or frame) read
     last_name: str = ""
     plane_format: PlaneFormat | None = None  # Y'CbCr planes as decoded; None: the seed's RGB route
@@ -273,7 +277,7 @@ class VideoSource(FrameSource):
 
 class FolderSource(FrameSource):
     def __init__(self, path: Path, start: int = 0, max_frames: int | None = None) -> None:
-        self.path = path
+        self.path, self.start = path, start
         try:
             files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS), key=natural_key)
         except OSError as exc:
@@ -605,6 +609,7 @@ class UpscaleOptions:
     y_only: bool = False  # emit the network's Y output instead of RGB
     overlap: bool = True  # decode and encode in threads beside the network (False: one thread, serial)
     queue_size: int = 4  # frames between stages (bounds the memory the overlap adds)
+    scene_cuts: SceneCuts = field(default_factory=SceneCuts)  # where windows are clamped besides the ends
 
 
 @dataclass
@@ -621,6 +626,8 @@ class Summary:
     peak_rss_mb: float = 0.0
     network_seconds: float = 0.0  # time spent in the network alone (the rest overlaps or is I/O)
     colour: str = ""  # the planes worked on, or the seed's RGB route
+    scene_cuts: str = ""  # how cuts were found (detected, off, from a file)
+    cuts: list[int] = field(default_factory=list)  # input frame indices that started a shot in this run
 
     @property
     def fps(self) -> float:
@@ -713,8 +720,9 @@ def _network(items: Iterable[InFrame | object], runner: Runner, opts: UpscaleOpt
     t, half, scale = cfg.frames, cfg.frames // 2, cfg.scale
     ring: dict[int, InFrame] = {}  # slot -> frame it holds
 
-    def emit(i: int, last: int):
-        slots = [min(max(j, 0), last) % t for j in range(i - half, i + half + 1)]
+    def emit(i: int, first: int, last: int):
+        # Clamped to the shot, every index is in [i - half, i + half]: none older than the ring holds.
+        slots = [j % t for j in window_indices(i, half, first, last)]
         t0 = time.perf_counter()
         if opts.tile:
             window = np.stack([ring[s].y for s in slots], axis=1)[None]
@@ -724,23 +732,48 @@ def _network(items: Iterable[InFrame | object], runner: Runner, opts: UpscaleOpt
         clock[0] += time.perf_counter() - t0
         return ring[i % t], y_sr
 
-    next_out, n = 0, -1
+    next_out, n, shot = 0, -1, 0  # shot: the first frame of the current shot
     for item in items:
         if not isinstance(item, InFrame):
             yield item
             continue
         n += 1
+        if item.cut and n > 0:
+            # A cut ends the shot like the clip's end: its waiting frames need no later frame, so they
+            # go now, before the new frame takes a ring slot.
+            while next_out < n:
+                yield emit(next_out, shot, n - 1)
+                next_out += 1
+            shot = n
         slot = n % t
         ring[slot] = item
         if not opts.tile:  # tiles are cut from the host ring instead
             runner.put(slot, item.y)
         while next_out + half <= n:
-            yield emit(next_out, n)
+            yield emit(next_out, shot, n)
             next_out += 1
     last = n
     while 0 <= next_out <= last:
-        yield emit(next_out, last)
+        yield emit(next_out, shot, last)
         next_out += 1
+
+
+def _inputs(source: FrameSource, opts: UpscaleOptions, tracker: CutTracker) -> Iterator[InFrame | object]:
+    """The decoder side: each decoded frame converted for the network and flagged where it starts a
+    shot; other streams' packets pass through."""
+    pf = source.plane_format
+    for e in source.events():
+        if not isinstance(e, RawFrame):
+            yield e
+            continue
+        rgb = None
+        if tracker.needs_pixels:  # the detector sees the RGB frame `d3d prepare` reads, before --downscale
+            rgb = e.image if isinstance(e.image, np.ndarray) else e.image.to_ndarray(format="rgb24")
+            if pf is None:
+                e.image = rgb  # the RGB route would convert it again
+        frame = prepare(e, pf, opts.downscale)
+        frame.cut = tracker.observe(rgb)
+        yield frame
 
 
 def upscale_stream(
@@ -748,7 +781,7 @@ def upscale_stream(
 ) -> Iterator[tuple[int, np.ndarray, OutFrame]]:
     """Serially, ``(index, y_sr [C, sH, sW] float32, output frame)`` in order (other streams skipped)."""
     pf = source.plane_format
-    items = (prepare(e, pf, opts.downscale) for e in source.events() if isinstance(e, RawFrame))
+    items = (e for e in _inputs(source, opts, opts.scene_cuts.tracker(source.start)) if isinstance(e, InFrame))
     for frame, y_sr in _network(items, runner, opts, [0.0]):
         yield frame.index, y_sr, finish(y_sr, frame, pf, opts, runner.config.scale)
 
@@ -798,6 +831,7 @@ def run_upscale(source: FrameSource, runner: Runner, sink: FrameSink, opts: Upsc
     summary.colour = pf.describe() if pf is not None else "RGB (the seed's BT.601 conversion)"
     scale = runner.config.scale
     clock = [0.0]
+    tracker = opts.scene_cuts.tracker(source.start)
     start = time.perf_counter()
 
     def tick():
@@ -813,10 +847,9 @@ def run_upscale(source: FrameSource, runner: Runner, sink: FrameSink, opts: Upsc
 
     try:
         if opts.overlap:
-            _run_overlapped(source, runner, sink, opts, clock, written, tick)
+            _run_overlapped(source, runner, sink, opts, clock, written, tick, tracker)
         else:
-            items = (prepare(e, pf, opts.downscale) if isinstance(e, RawFrame) else e for e in source.events())
-            for item in _network(items, runner, opts, clock):
+            for item in _network(_inputs(source, opts, tracker), runner, opts, clock):
                 if isinstance(item, tuple):
                     out = finish(item[1], item[0], pf, opts, scale)
                     sink.write(out)
@@ -833,10 +866,11 @@ def run_upscale(source: FrameSource, runner: Runner, sink: FrameSink, opts: Upsc
     summary.network_seconds = clock[0]
     summary.peak_rss_mb = peak_rss_mb()
     summary.first_file, summary.last_file = source.first_name, source.last_name
+    summary.scene_cuts, summary.cuts = opts.scene_cuts.describe(), list(tracker.cuts)
     return summary
 
 
-def _run_overlapped(source, runner, sink, opts, clock, written, tick) -> None:
+def _run_overlapped(source, runner, sink, opts, clock, written, tick, tracker) -> None:
     """Decoder thread -> network (this thread) -> writer thread, joined by bounded queues."""
     pf, scale = source.plane_format, runner.config.scale
     stop = threading.Event()
@@ -846,8 +880,8 @@ def _run_overlapped(source, runner, sink, opts, clock, written, tick) -> None:
 
     def decode() -> None:
         try:
-            for e in source.events():
-                _put(q_in, prepare(e, pf, opts.downscale) if isinstance(e, RawFrame) else e, stop)
+            for item in _inputs(source, opts, tracker):
+                _put(q_in, item, stop)
             _put(q_in, _END, stop)
         except _Stopped:
             pass
@@ -958,8 +992,8 @@ def time_network(runner: Runner, clip: Path) -> float:
     only the network stage timed (the reference the pipeline's frames/s is compared with)."""
     source = open_source(clip)
     try:
-        pf = source.plane_format
-        frames = [prepare(e, pf) for e in source.events() if isinstance(e, RawFrame)]
+        opts = UpscaleOptions()
+        frames = [e for e in _inputs(source, opts, opts.scene_cuts.tracker(source.start)) if isinstance(e, InFrame)]
     finally:
         source.close()
     clock = [0.0]

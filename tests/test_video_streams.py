@@ -274,7 +274,9 @@ def test_ten_bit_bt709_keeps_depth_tags_and_planes(tiny, tmp_path):
     assert _tags(src) == ("yuv420p10le", BT709_LIMITED)
 
     out = tmp_path / "out.mkv"  # lossless, so the planes can be compared to their references
-    assert _upscale(onnx, str(src), "-o", str(out), "--codec", "ffv1") == 0
+    # Its frames are unrelated random images, each a scene cut to the detector: the reference below clamps
+    # at the clip's ends only.
+    assert _upscale(onnx, str(src), "-o", str(out), "--codec", "ffv1", "--scene-cuts", "off") == 0
     assert _tags(out) == ("yuv420p10le", BT709_LIMITED)
     got = _frames(out)
     assert len(got) == N

@@ -40,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     be.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay the engine launch as a CUDA graph")
     be.add_argument("--no-estimate", action="store_true", help="skip the time/memory estimate (and its check)")
     run = parser.add_argument_group("frames")
-    run.add_argument("--start", type=int_at_least(0), default=0, help="first input frame")
+    run.add_argument(
+        "--start", type=int_at_least(0), default=0, help="first input frame (a --scene-cuts FILE still counts from 0)"
+    )
     run.add_argument("--max-frames", type=positive_int, help="upscale at most this many frames")
     run.add_argument(
         "--downscale",
@@ -50,6 +52,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--tile", type=int_at_least(0), default=0, help="LR tile size, 0 = whole frame (saves memory)")
     run.add_argument("--tile-overlap", type=int_at_least(0), default=8, help="LR context pixels around each tile")
+    run.add_argument(
+        "--scene-cuts",
+        default="detect",
+        metavar="detect|off|FILE",
+        help="where windows stop, as at the clip's ends: detect (the luma-histogram detector of d3d prepare), "
+        "off, or FILE: frame indices that start a shot (comma, space or line separated, # comments), counted "
+        "from the input's first frame whatever --start is (docs/VIDEO.md)",
+    )
+    run.add_argument(
+        "--cut-threshold",
+        type=float,
+        metavar="T",
+        help="--scene-cuts detect: histogram distance in (0, 1] above which a frame starts a shot (default 0.17, "
+        "as d3d prepare)",
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--codec", choices=ENCODERS, default="libx264", help="video encoder (ffv1: lossless, for .mkv)")
     out.add_argument("--crf", type=int_at_least(0), default=18, help="x264/x265 quality (lower is better)")
@@ -72,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from d3d.outputs import check_target, write_output
     from d3d.runtime.backends import choose_backend, create_runner
     from d3d.runtime.pipeline import check_sink, open_source, plan_streams
+    from d3d.runtime.scenes import SceneCuts, describe_cuts
     from d3d.samples import sample_clip
 
     # Everything named must exist, and no output may endanger anything, before any slow work.
@@ -87,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         options.plugin = args.plugin
     options.validate()
     path = args.input or sample_clip(args.clip)
-    inputs = (path, source_model.path, args.plugin)
+    scenes = SceneCuts.parse(args.scene_cuts, args.cut_threshold)
+    inputs = (path, source_model.path, args.plugin, Path(scenes.path) if scenes.path else None)
     check_sink(args.output, args.y_only, args.overwrite, inputs)
     if is_pipe(path) and sys.stdin.isatty():
         raise D3DError("input - reads a y4m stream from stdin: pipe one in (`ffmpeg ... -f yuv4mpegpipe - | d3d ...`)")
@@ -110,17 +129,18 @@ def run(args: argparse.Namespace) -> int:
 
         runner = create_runner(backend, source_model, options)
         try:
-            summary = _run(args, path, source, source_model, backend.name, runner, lr, inputs, copies, say)
+            summary = _run(args, path, source, source_model, backend.name, runner, lr, inputs, copies, say, scenes)
         finally:
             runner.close()  # release the backend's threads before any exit, interrupted or not
     finally:
         source.close()
     summary.weights = source_model.describe()
     (iw, ih), (ow, oh) = summary.input_size, summary.output_size
+    cuts = describe_cuts(scenes, summary.cuts)
     print(
         f"done: {summary.frames} frames ({summary.first_file} .. {summary.last_file}) {iw}x{ih} -> {ow}x{oh} "
         f"in {summary.seconds:.1f} s ({summary.fps:.2f} frames/s; network alone {summary.network_fps:.2f}) | "
-        f"{summary.backend} | colour: {summary.colour} | model: {summary.weights} | "
+        f"{summary.backend} | colour: {summary.colour} | model: {summary.weights} | scene cuts: {cuts} | "
         f"peak memory {summary.peak_rss_mb:.0f} MB | wrote {'stdout' if is_pipe(args.output) else args.output}",
         file=say,
     )
@@ -135,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(args, path, source, source_model, backend_name: str, runner, lr, inputs, copies, say):
+def _run(args, path, source, source_model, backend_name: str, runner, lr, inputs, copies, say, scenes):
     """Estimate (and refuse what cannot fit), then stream the frames into the sink."""
     from tqdm import tqdm
 
@@ -166,6 +186,7 @@ def _run(args, path, source, source_model, backend_name: str, runner, lr, inputs
     size = (lr[0] * scale, lr[1] * scale) if lr is not None else None
     sink = open_sink(args.output, source, y16=args.y_only, overwrite=args.overwrite, crf=args.crf, inputs=inputs,
                      codec=args.codec, copies=copies, size=size)  # fmt: skip
-    opts = UpscaleOptions(args.tile, args.tile_overlap, args.downscale, args.y_only, overlap=not args.serial)
+    opts = UpscaleOptions(args.tile, args.tile_overlap, args.downscale, args.y_only, overlap=not args.serial,
+                          scene_cuts=scenes)  # fmt: skip
     with tqdm(total=source.total, unit="frame", disable=args.quiet, dynamic_ncols=True, file=sys.stderr) as bar:
         return run_upscale(source, runner, sink, opts, progress=bar)
