@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from d3d.atomic import atomic_dir
-from d3d.errors import D3DError
+from d3d.errors import D3DError, reason
 from d3d.imresize import imresize
 from d3d.metrics import rgb_to_y
 from d3d.outputs import manifest_of_tree
@@ -42,11 +42,17 @@ SEQ_LEN = 7
 
 # ---------------------------------------------------------------------------------------------- I/O
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """``[H, W, 3]`` uint8 RGB."""
+    """``[H, W, 3]`` uint8 RGB; a missing or unreadable file is a one-line :class:`D3DError` naming it."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise D3DError(f"{path}: no such file") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        # PIL's own words end in byte counts and file names: say what was expected instead.
+        raise D3DError(f"{path}: not a readable image (corrupt, truncated or not an image file)") from exc
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:
@@ -73,7 +79,9 @@ def read_frames(source: str | os.PathLike[str], start: int = 0, count: int | Non
     try:
         container = av.open(str(src))
     except av.error.FFmpegError as exc:
-        raise D3DError(f"{src}: cannot open as a video ({exc})") from None
+        raise D3DError(
+            f"{src}: not a readable video ({reason(exc)}): expected a video file FFmpeg decodes or a folder of frames"
+        ) from exc
     with container:
         for i, frame in enumerate(container.decode(video=0)):
             if stop is not None and i >= stop:
@@ -260,7 +268,10 @@ class FrameCache:
         self._cache: dict[tuple[int, int], np.ndarray] = {}
 
     def y(self, path: Path) -> np.ndarray:
-        st = path.stat()
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise D3DError(f"{path}: no such file (a frame of a septuplet the list names)") from None
         key = (st.st_dev, st.st_ino)
         arr = self._cache.get(key)
         if arr is None:
