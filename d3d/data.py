@@ -232,6 +232,10 @@ def prepare_vid4(
             a, b = start, len(frames) if count is None else min(len(frames), start + count)
             if holdout:
                 a, b = parse_holdout(holdout, 0.0, name, len(frames))
+            elif start >= len(frames):
+                raise D3DError(
+                    f"{source}: --start {start} is past the end: it has {len(frames)} frames (0 to {len(frames) - 1})"
+                )
             frames = frames[a:b]
             cuts = detect_cuts(frames, threshold)
             for s, e in shots(len(frames), cuts):
@@ -248,6 +252,8 @@ def prepare_vid4(
                 scenes.append(scene)
                 if progress:
                     progress(f"{name}: scene {scene}: frames {a + s}-{a + e - 1}")
+        if not scenes:  # an empty test set would score nothing: refuse rather than write it
+            raise D3DError(f"no shot of at least {min_frames} frames in the frames chosen: no scene to write")
         manifest_of_tree(root)  # the proof that a later `--overwrite` may replace this folder
     return scenes
 
@@ -365,6 +371,10 @@ def load_vimeo_test(root: Path, scale: int = 4, list_name: str = "sep_testlist.t
 def clip_from_video(source: Path, scale: int = 4, start: int = 0, count: int | None = None) -> TestClip:
     """A test clip made from a video: HR frames as decoded, LR by the MATLAB-style x1/scale resize."""
     hr = [crop_to_multiple(f, scale) for f in read_frames(source, start, count)]
+    if not hr and start > 0:
+        n = sum(1 for _ in read_frames(source))
+        if n:
+            raise D3DError(f"{source}: --start {start} is past the end: it has {n} frames (0 to {n - 1})")
     if not hr:
         raise D3DError(f"{source}: no frames")
     return TestClip(clip_name(Path(source)), hr, [imresize(f, 1 / scale) for f in hr])

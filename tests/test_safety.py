@@ -551,6 +551,16 @@ def test_start_past_the_end_names_both_numbers(work, tiny_checkpoint, capsys):
     before = snapshot(work)
     msg = fails(["upscale", "five.mp4", "--start", "9", *ck], capsys)
     assert "five.mp4: --start 9 is past the end: the video has 5 frames (0 to 4)" in msg
+    msg = fails(["eval", "five.mp4", "--start", "9", "--bicubic-only"], capsys)
+    assert "five.mp4: --start 9 is past the end: it has 5 frames (0 to 4)" in msg
+    msg = fails(["prepare", "tiny8", "--layout", "vid4", "--start", "8", "-o", "v4"], capsys)
+    assert "tiny8: --start 8 is past the end: it has 8 frames (0 to 7)" in msg
+    # Frames left, but no shot long enough for a scene: an empty test set is refused, not written.
+    assert cli(["prepare", "tiny8", "--layout", "vid4", "--start", "3", "-o", "v4"]) == 1
+    assert (
+        capsys.readouterr().err.strip()
+        == "d3d: error: no shot of at least 7 frames in the frames chosen: no scene to write"
+    )
     assert snapshot(work) == before
 
 
