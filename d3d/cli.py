@@ -227,33 +227,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         note = kept(exc)
         print(f"d3d: error: {summary_line(exc)}" + (f"; {note}" if note else ""), file=sys.stderr)
         return exc.exit_code
-    except BrokenPipeError:
-        if debug:
-            traceback.print_exc()
-        if _stdout_closed():  # like other tools on EPIPE: no message; the command removed its outputs
-            _quiet_stdout()
-            return EXIT_BROKEN_PIPE
-        print("d3d: error: a pipe closed before the end of the output", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        if debug:
-            traceback.print_exc()
-        if _received:
-            return _report_interrupt(_received[0], exc)
-        if exc.errno in _FS_ERRNOS and exc.filename:
-            print(f"d3d: error: {exc.filename}: {reason(exc)}", file=sys.stderr)
-            return 1
-        print(
-            f"d3d: error: internal error: {type(exc).__name__}: {summary_line(exc)} "
-            "(re-run with --debug for the traceback)",
-            file=sys.stderr,
-        )
-        return 1
     except Exception as exc:
         if debug:
             traceback.print_exc()
         if _received:
             return _report_interrupt(_received[0], exc)
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():
+            # The reader of stdout went away (`-o - | head`): no message, as other tools on EPIPE; the
+            # command's outputs were aborted on the way out.
+            _quiet_stdout()
+            return EXIT_BROKEN_PIPE
+        if isinstance(exc, OSError) and exc.errno in _FS_ERRNOS and exc.filename:
+            print(f"d3d: error: {exc.filename}: {reason(exc)}", file=sys.stderr)
+            return 1
         print(
             f"d3d: error: internal error: {type(exc).__name__}: {summary_line(exc)} "
             "(re-run with --debug for the traceback)",

@@ -286,6 +286,21 @@ def test_internal_errors_point_to_debug(work, monkeypatch, capsys):
     assert "Traceback" in capsys.readouterr().err
 
 
+def test_file_system_errors_are_user_errors_naming_the_file(work, monkeypatch, capsys):
+    """A permission or disk-full error no command turned into words still is one user line naming the
+    file: the machine's state, not a bug."""
+    import errno
+
+    import d3d.commands.info as info
+
+    def denied():
+        raise PermissionError(errno.EACCES, "Permission denied", "/srv/shared/file")
+
+    monkeypatch.setattr(info, "collect", denied)
+    msg = fails(["info", "--json"], capsys)
+    assert msg == "d3d: error: /srv/shared/file: permission denied"
+
+
 def test_version_and_help_with_defaults(capsys):
     from d3d.cli import COMMANDS, build_parser
 
