@@ -138,6 +138,10 @@ def check_target(
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
             raise D3DError(f"{label}: holds files d3d did not write ({shown}): not replacing it")
+        # Replacing moves the old folder aside, then deletes it: a read-only one would fail only at the end.
+        why = unwritable_reason(t)
+        if why is not None:
+            raise D3DError(f"{label}: cannot replace it ({why}); make it writable or choose another output")
         return
     if t.is_dir():
         raise D3DError(f"{label}: is a folder; give a file name")

@@ -20,10 +20,13 @@ from conftest import snapshot, write_frames, write_png
 from d3d.cli import main as cli
 
 
-def fails(args: list[str], capsys, code: int = 1) -> str:
-    """Runs the CLI, expects exit ``code`` and exactly one stderr line starting with ``d3d: error:``."""
+def fails(args: list[str], capsys, code: int = 1, quiet: bool = False) -> str:
+    """Runs the CLI, expects exit ``code`` and exactly one stderr line starting with ``d3d: error:``
+    (``quiet``: and nothing on stdout, i.e. the command refused before starting any work)."""
     assert cli(args) == code
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert not quiet or captured.out == "", captured.out
+    err = captured.err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("d3d: error: ") and "\x1b[" not in lines[0], lines[0]
@@ -451,18 +454,23 @@ def _unwritable(request, tmp_path: Path) -> Path:
         return Path("/proc/d3d-nowhere")
     ro = tmp_path / "readonly"
     ro.mkdir()
+    return _lock(request, ro)
+
+
+def _lock(request, folder: Path) -> Path:
+    """Makes ``folder`` take no new files (until the test ends)."""
     if os.geteuid() != 0:
-        ro.chmod(0o555)
-        request.addfinalizer(lambda: ro.chmod(0o755))
-    elif subprocess.run(["chattr", "+i", str(ro)], capture_output=True).returncode == 0:
-        request.addfinalizer(lambda: subprocess.run(["chattr", "-i", str(ro)], check=True))
+        folder.chmod(0o555)
+        request.addfinalizer(lambda: folder.chmod(0o755))
+    elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
+        request.addfinalizer(lambda: subprocess.run(["chattr", "-i", str(folder)], check=True))
     else:
         pytest.skip("running as root on a file system without chattr +i: no read-only folder to make")
     try:
-        (ro / "probe").write_text("")
+        (folder / ".probe").write_text("")
     except OSError:
-        return ro
-    pytest.skip(f"{ro} still takes files")
+        return folder
+    pytest.skip(f"{folder} still takes files")
 
 
 @pytest.fixture(params=["proc", "read-only folder"])
@@ -493,10 +501,24 @@ def test_unwritable_outputs_are_refused_before_any_work(work, unwritable, tiny_c
     }
     for name, args in commands.items():
         target = next(a for a in args if "{}" in a).format(unwritable)
-        msg = fails([a.format(unwritable) for a in args], capsys)
+        # quiet: nothing started (upscale prints its model line, bench "benchmarking ...", train its plan)
+        msg = fails([a.format(unwritable) for a in args], capsys, quiet=True)
         assert msg.startswith(f"d3d: error: {target}") and "cannot write there" in msg, (name, msg)
         assert "internal error" not in msg, (name, msg)
-        assert capsys.readouterr().out == "", name  # nothing started (bench prints "benchmarking ...")
+    assert snapshot(work) == before
+
+
+def test_read_only_output_folder_is_refused_before_replacing(work, request, tiny_checkpoint, capsys):
+    """`--overwrite` of a d3d-written folder that was made read-only: refused up front (replacing moves
+    it aside, which would fail only after the whole run), nothing touched."""
+    args = ["upscale", "tiny8", "--checkpoint", str(tiny_checkpoint), "--backend", "pytorch", "-o", "out", "-q",
+            "--no-estimate", "--max-frames", "1"]  # fmt: skip
+    assert cli(args) == 0
+    capsys.readouterr()
+    _lock(request, work / "out")
+    before = snapshot(work)
+    msg = fails([*args, "--overwrite"], capsys, quiet=True)
+    assert msg.startswith("d3d: error: out (output): cannot replace it (cannot create files in"), msg
     assert snapshot(work) == before
 
 
