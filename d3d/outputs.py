@@ -5,6 +5,8 @@
 - An existing frame folder is replaced only when the manifest this tool wrote into it
   (:data:`MANIFEST`) lists everything in it: a file name pattern is not proof of ownership.
 - Replacement is atomic (:mod:`d3d.atomic`): the new output is complete before the old one goes.
+- Where the output goes is tried before any slow work (a file created there and removed at once): a
+  read-only folder, a file in the path or a virtual file system is refused in one line up front.
 """
 
 from __future__ import annotations
