@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from d3d.errors import D3DError, summary_line
+from d3d.errors import D3DError, reason, summary_line
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,6 +75,22 @@ def cache_dir() -> Path:
     return Path(base)
 
 
+def cache_subdir(name: str) -> Path:
+    """``cache_dir()/name``, created, where new files can be made in it; else a one-line error naming the
+    folder and ``D3D_CACHE_DIR`` (a read-only home, a shared install)."""
+    from d3d.outputs import unwritable_reason
+
+    folder = cache_dir() / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        why = unwritable_reason(folder)
+    except OSError as exc:
+        why = reason(exc)
+    if why is not None:
+        raise D3DError(f"{folder}: cannot write the d3d cache ({why}): set D3D_CACHE_DIR to a writable folder")
+    return folder
+
+
 def load_native(verbose: bool = False) -> None:
     """Builds (if needed) and loads the extension, registering ``torch.ops.d3d.*``.
 
@@ -112,7 +128,11 @@ def load_native(verbose: bool = False) -> None:
             raise NativeBuildError(
                 f"no C++ compiler found ('{cxx}' is not on PATH); install g++ or set CXX to build the DeformConv3d op"
             )
-        build_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            build_dir = cache_subdir("torch_ext") / name
+            build_dir.mkdir(exist_ok=True)
+        except (D3DError, OSError) as exc:  # a failed build, as callers expect (they may fall back)
+            raise NativeBuildError(str(exc) if isinstance(exc, D3DError) else f"{build_dir}: {reason(exc)}") from exc
         cflags = ["-O3", "-fopenmp", "-DNDEBUG"]
         if with_cuda:
             cflags.append("-DD3D_WITH_CUDA")

@@ -40,7 +40,10 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
             f"loaded (weights_only=True): {summary_line(exc)}"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({summary_line(exc)})") from None
+        raise CheckpointError(
+            f"{p}: not a readable PyTorch checkpoint (truncated or corrupt): expected a file saved by torch.save, "
+            "such as the .pth.tar files of `d3d train` or the seed"
+        ) from exc
     if isinstance(obj, dict) and "state_dict" in obj:
         state, meta = obj["state_dict"], {k: obj[k] for k in META_KEYS if k in obj}
     else:

@@ -1,15 +1,18 @@
 """The ``d3d`` command line: one subcommand per stage of the pipeline.
 
 Every user error is one line, ``d3d: error: ...``, exit 1 (2 where an optional SDK such as TensorRT is
-missing). An unexpected internal error is one line too, with a pointer to ``--debug`` for the
-traceback. SIGINT/SIGTERM print one line and exit 130/143 after the running command cleaned up.
-Library code logs (logger ``d3d``); only this module and the commands print.
+missing; 2 with the usage for ``d3d`` without a command). An unexpected internal error is one line too,
+with a pointer to ``--debug`` for the traceback. SIGINT/SIGTERM print one line and exit 130/143 after the
+running command cleaned up. A closed standard output (``d3d upscale ... -o - | head``) ends the run
+quietly with exit 141, as a tool killed by SIGPIPE. Library code logs (logger ``d3d``); only this module
+and the commands print.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import logging
 import os
@@ -19,7 +22,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 
-from d3d.errors import D3DError, Interrupted, summary_line
+from d3d.errors import D3DError, Interrupted, kept, reason, summary_line
 
 # name -> (module, help); modules are imported only when their command runs, so `d3d --help` is fast.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -36,12 +39,37 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Environment variables a user may need (listed by `d3d --help`; the error that needs one names it).
+ENVIRONMENT = """environment:
+  D3D_CACHE_DIR        cache folder: ONNX exports made on first use, the built PyTorch op, TensorRT
+                       engines (default: $XDG_CACHE_HOME/d3d-trt, else ~/.cache/d3d-trt); set it to a
+                       writable folder where that one is read-only
+  D3D_MEMORY_LIMIT_MB  memory upscale's estimate may plan for (default: the memory available)
+  D3D_ORT_OPS          the ONNX Runtime DeformConv3d library (default: searched, see `d3d info`)
+  D3D_TRT_PLUGIN       the TensorRT DeformConv3d plugin library (default: searched)
+  D3D_BUILD_DIR        the CMake build folder searched for both (default: <checkout>/build)
+
+exit status: 0 done, 1 error, 2 missing SDK (e.g. TensorRT) or no command, 130/143 interrupted
+(SIGINT/SIGTERM), 141 standard output closed by its reader (e.g. `| head`)"""
+
+
+def _as_typed(value: object) -> str:
+    """A default as a user would type it: ``68x160`` for sizes, space-separated lists."""
+    if isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+        return "x".join(map(str, value))
+    if isinstance(value, list | tuple):
+        return " ".join(_as_typed(v) for v in value)
+    return str(value)
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default where it has a meaningful one."""
+    """Shows an option's default where it has a meaningful one, written as it would be typed."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         if action.default in (None, False, argparse.SUPPRESS) or action.default == []:
             return action.help or ""
+        if isinstance(action.default, list | tuple) and "%(default)" not in (action.help or ""):
+            return f"{action.help or ''} (default: {_as_typed(action.default).replace('%', '%%')})"
         return super()._get_help_string(action) or ""
 
 
@@ -56,13 +84,21 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
+class _RawEpilogFormatter(HelpFormatter):
+    """Keeps the top-level epilog's line breaks (the environment table)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     import d3d
 
     parser = Parser(
         prog="d3d",
         description="D3Dnet video super-resolution: PyTorch -> ONNX -> TensorRT, with parity checks.",
-        formatter_class=HelpFormatter,
+        epilog=ENVIRONMENT,
+        formatter_class=_RawEpilogFormatter,
     )
     parser.add_argument("--version", action="version", version=f"d3d-trt {d3d.__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
@@ -120,9 +156,40 @@ def _log_to_stderr(debug: bool) -> Iterator[None]:
         log.setLevel(old)
 
 
-def _report_interrupt(signum: int) -> int:
-    print(f"d3d: interrupted ({signal.Signals(signum).name}); partial outputs removed", file=sys.stderr)
+def _report_interrupt(signum: int, exc: BaseException | None = None) -> int:
+    """One line; it names what the command kept on purpose (a resumable checkpoint), if anything."""
+    note = kept(exc) if exc is not None else None
+    what = note if note else "partial outputs removed"
+    print(f"d3d: interrupted ({signal.Signals(signum).name}); {what}", file=sys.stderr)
     return 128 + int(signum)
+
+
+# 128 + SIGPIPE: what a shell reports for a tool that SIGPIPE ended (`yes | head` -> 141).
+EXIT_BROKEN_PIPE = 141
+# File-system conditions, not bugs: reported as a user error naming the file (where no command did).
+_FS_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR}
+
+
+def _stdout_closed() -> bool:
+    """The reader of standard output went away (a pipe whose read end is closed reports POLLERR)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return True  # no poll() here, or stdout already gone: the BrokenPipeError was about it
+
+
+def _quiet_stdout() -> None:
+    """Points stdout at /dev/null so the interpreter's final flush cannot fail (and print) again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -142,28 +209,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"d3d: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    if run is None:
-        parser.print_help()
-        return 0 if not argv or argv == ["--debug"] else 1
+    if run is None:  # no command: the usage on stderr, exit 2 (argparse's convention)
+        parser.print_help(sys.stderr)
+        return 2
     debug = bool(args.debug)
     try:
         with _signals_raise(), _log_to_stderr(debug):
             return int(run(args) or 0)
     except (Interrupted, KeyboardInterrupt) as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        return _report_interrupt(signum)
+        return _report_interrupt(signum, exc)
     except D3DError as exc:
         if debug:
             traceback.print_exc()
         if _received:
-            return _report_interrupt(_received[0])
-        print(f"d3d: error: {summary_line(exc)}", file=sys.stderr)
+            return _report_interrupt(_received[0], exc)
+        note = kept(exc)
+        print(f"d3d: error: {summary_line(exc)}" + (f"; {note}" if note else ""), file=sys.stderr)
         return exc.exit_code
     except Exception as exc:
         if debug:
             traceback.print_exc()
         if _received:
-            return _report_interrupt(_received[0])
+            return _report_interrupt(_received[0], exc)
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():
+            # The reader of stdout went away (`-o - | head`): no message, as other tools on EPIPE; the
+            # command's outputs were aborted on the way out.
+            _quiet_stdout()
+            return EXIT_BROKEN_PIPE
+        if isinstance(exc, OSError) and exc.errno in _FS_ERRNOS and exc.filename:
+            print(f"d3d: error: {exc.filename}: {reason(exc)}", file=sys.stderr)
+            return 1
         print(
             f"d3d: error: internal error: {type(exc).__name__}: {summary_line(exc)} "
             "(re-run with --debug for the traceback)",

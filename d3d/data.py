@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from d3d.atomic import atomic_dir
-from d3d.errors import D3DError
+from d3d.errors import D3DError, reason
 from d3d.imresize import imresize
 from d3d.metrics import rgb_to_y
 from d3d.outputs import manifest_of_tree
@@ -42,11 +42,17 @@ SEQ_LEN = 7
 
 # ---------------------------------------------------------------------------------------------- I/O
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """``[H, W, 3]`` uint8 RGB."""
+    """``[H, W, 3]`` uint8 RGB; a missing or unreadable file is a one-line :class:`D3DError` naming it."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise D3DError(f"{path}: no such file") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        # PIL's own words end in byte counts and file names: say what was expected instead.
+        raise D3DError(f"{path}: not a readable image (corrupt, truncated or not an image file)") from exc
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:
@@ -73,7 +79,9 @@ def read_frames(source: str | os.PathLike[str], start: int = 0, count: int | Non
     try:
         container = av.open(str(src))
     except av.error.FFmpegError as exc:
-        raise D3DError(f"{src}: cannot open as a video ({exc})") from None
+        raise D3DError(
+            f"{src}: not a readable video ({reason(exc)}): expected a video file FFmpeg decodes or a folder of frames"
+        ) from exc
     with container:
         for i, frame in enumerate(container.decode(video=0)):
             if stop is not None and i >= stop:
@@ -224,6 +232,10 @@ def prepare_vid4(
             a, b = start, len(frames) if count is None else min(len(frames), start + count)
             if holdout:
                 a, b = parse_holdout(holdout, 0.0, name, len(frames))
+            elif start >= len(frames):
+                raise D3DError(
+                    f"{source}: --start {start} is past the end: it has {len(frames)} frames (0 to {len(frames) - 1})"
+                )
             frames = frames[a:b]
             cuts = detect_cuts(frames, threshold)
             for s, e in shots(len(frames), cuts):
@@ -240,6 +252,8 @@ def prepare_vid4(
                 scenes.append(scene)
                 if progress:
                     progress(f"{name}: scene {scene}: frames {a + s}-{a + e - 1}")
+        if not scenes:  # an empty test set would score nothing: refuse rather than write it
+            raise D3DError(f"no shot of at least {min_frames} frames in the frames chosen: no scene to write")
         manifest_of_tree(root)  # the proof that a later `--overwrite` may replace this folder
     return scenes
 
@@ -260,7 +274,10 @@ class FrameCache:
         self._cache: dict[tuple[int, int], np.ndarray] = {}
 
     def y(self, path: Path) -> np.ndarray:
-        st = path.stat()
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise D3DError(f"{path}: no such file (a frame of a septuplet the list names)") from None
         key = (st.st_dev, st.st_ino)
         arr = self._cache.get(key)
         if arr is None:
@@ -354,6 +371,10 @@ def load_vimeo_test(root: Path, scale: int = 4, list_name: str = "sep_testlist.t
 def clip_from_video(source: Path, scale: int = 4, start: int = 0, count: int | None = None) -> TestClip:
     """A test clip made from a video: HR frames as decoded, LR by the MATLAB-style x1/scale resize."""
     hr = [crop_to_multiple(f, scale) for f in read_frames(source, start, count)]
+    if not hr and start > 0:
+        n = sum(1 for _ in read_frames(source))
+        if n:
+            raise D3DError(f"{source}: --start {start} is past the end: it has {n} frames (0 to {n - 1})")
     if not hr:
         raise D3DError(f"{source}: no frames")
     return TestClip(clip_name(Path(source)), hr, [imresize(f, 1 / scale) for f in hr])

@@ -5,17 +5,20 @@
 - An existing frame folder is replaced only when the manifest this tool wrote into it
   (:data:`MANIFEST`) lists everything in it: a file name pattern is not proof of ownership.
 - Replacement is atomic (:mod:`d3d.atomic`): the new output is complete before the old one goes.
+- Where the output goes is tried before any slow work (a file created there and removed at once): a
+  read-only folder, a file in the path or a virtual file system is refused in one line up front.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from d3d.atomic import atomic_write
-from d3d.errors import D3DError
+from d3d.errors import D3DError, reason
 
 MANIFEST = ".d3d-manifest.json"
 
@@ -25,11 +28,38 @@ def _inside(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
 
 
-def _writable_ancestor(path: Path) -> Path:
+def _existing_ancestor(path: Path) -> Path:
+    """The nearest ancestor of ``path`` that exists: where the folders leading to it would be created."""
     p = path.parent
-    while not p.exists() and p != p.parent:
+    while not (p.exists() or p.is_symlink()) and p != p.parent:
         p = p.parent
     return p
+
+
+def unwritable_reason(folder: Path) -> str | None:
+    """Why nothing can be created in ``folder`` (a file, a read-only or virtual file system, no
+    permission), or None where it can. Tried for real with a temporary file, which is removed at once:
+    permission bits alone say nothing for root, a read-only mount or /proc."""
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder" if folder.exists() else f"{folder} does not exist"
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".d3d-probe-")
+    except OSError as exc:
+        return f"cannot create files in {folder}: {reason(exc)}"
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
+def check_writable(target: Path, what: str = "", inside: bool = False) -> None:
+    """Raises a one-line :class:`D3DError` where ``target`` (a file or folder to create or replace; with
+    ``inside``, a folder to write files into) could not be written: the folder the files go into, or its
+    nearest existing ancestor, takes no new files."""
+    label = f"{target}" + (f" ({what})" if what else "")
+    t = Path(os.path.abspath(target))
+    why = unwritable_reason(_existing_ancestor(t / "file" if inside else t))
+    if why is not None:
+        raise D3DError(f"{label}: cannot write there ({why}); choose another location")
 
 
 def manifest_of_tree(folder: Path) -> None:
@@ -92,13 +122,9 @@ def check_target(
     write may go ahead. ``folder``: the target is a folder of frames (else a single file)."""
     label = f"{target}" + (f" ({what})" if what else "")
     t = check_location(target, inputs=inputs, what=what)
+    check_writable(target, what)  # before any slow work (a model load, an export, a run)
     if not (t.exists() or t.is_symlink()):
-        anc = _writable_ancestor(t)
-        if not os.access(anc, os.W_OK | os.X_OK):
-            raise D3DError(f"{label}: cannot write there ({anc} is not writable)")
         return
-    if not os.access(t.parent, os.W_OK | os.X_OK):
-        raise D3DError(f"{label}: cannot write there ({t.parent} is not writable)")
     if folder:
         if not t.is_dir():
             raise D3DError(f"{label}: exists and is not a folder: not replacing it with frames")
@@ -114,6 +140,10 @@ def check_target(
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
             raise D3DError(f"{label}: holds files d3d did not write ({shown}): not replacing it")
+        # Replacing moves the old folder aside, then deletes it: a read-only one would fail only at the end.
+        why = unwritable_reason(t)
+        if why is not None:
+            raise D3DError(f"{label}: cannot replace it ({why}); make it writable or choose another output")
         return
     if t.is_dir():
         raise D3DError(f"{label}: is a folder; give a file name")
@@ -138,4 +168,4 @@ def write_output(
             else:
                 tmp.write_bytes(data)
     except OSError as exc:
-        raise D3DError(f"{target}: cannot write ({exc.strerror or exc})") from None
+        raise D3DError(f"{target}: cannot write ({reason(exc)})") from exc

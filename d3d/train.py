@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from d3d.atomic import atomic_write
 from d3d.checkpoint import load_state_into, read_state_dict
 from d3d.data import SeptupletSet
-from d3d.errors import D3DError
+from d3d.errors import D3DError, Interrupted, add_kept
 from d3d.model import D3Dnet
 
 log = logging.getLogger(__name__)
@@ -191,6 +191,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.lr_step, gamma=config.gamma)
         self.step = 0  # optimizer steps done
+        self.saved_step: int | None = None  # the step of the last.pth.tar this process saved
         self.history: dict[str, list[float]] = {"loss": [], "psnr": [], "val_psnr": []}
         self.best_psnr = -math.inf
         self._epoch_loss: list[float] = []
@@ -224,7 +225,10 @@ class Trainer:
         try:
             st = torch.load(spath, map_location="cpu", weights_only=True)
         except Exception as exc:  # any unreadable state file is a user-facing error
-            raise D3DError(f"{spath}: not a readable training state ({exc})") from None
+            raise D3DError(
+                f"{spath}: not a readable training state (truncated or corrupt): expected the {STATE_SUFFIX} file "
+                f"`d3d train` saves beside {path.name}"
+            ) from exc
         saved = st["config"]
         # A field the saved run predates counts as its default.
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
@@ -277,7 +281,18 @@ class Trainer:
         }
         with atomic_write(path) as tmp:
             torch.save(ckpt, tmp)
+        if name == "last":
+            self.saved_step = self.step
         return path
+
+    def kept(self) -> str | None:
+        """What a stopped run leaves to continue from (rank 0's last.pth.tar, also one an earlier run of a
+        resumed folder saved), in words, or None."""
+        last = self.out / "last.pth.tar"
+        if self.rank != 0 or not last.is_file():
+            return None
+        at = f" (step {self.saved_step})" if self.saved_step is not None else ""
+        return f"kept {last}{at}: continue with --resume {last}"
 
     # --------------------------------------------------------------------------------- training
     def _batch(self, epoch: int, step_in_epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -408,13 +423,14 @@ class Trainer:
                         f"continue with --resume {self.out / 'last.pth.tar'}"
                     )
                     break
-        except KeyboardInterrupt:
-            # Save the last completed step (never a half-done one), then let the interrupt through.
-            if self.rank == 0 and self.step > 0 and consistent:
+        except (KeyboardInterrupt, Interrupted) as exc:
+            # Save the last completed step (never a half-done one), then let the interrupt through, saying
+            # what it kept (the CLI prints that instead of "partial outputs removed").
+            if self.rank == 0 and self.step > 0 and consistent and self.saved_step != self.step:
                 self.save("last")
-                self._log(
-                    f"interrupted at step {self.step}; saved {self.out / 'last.pth.tar'} (continue with --resume)"
-                )
+            note = self.kept()
+            if note:
+                add_kept(exc, note)
             raise
         finally:
             self._bar.close()

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from d3d.atomic import atomic_write
-from d3d.errors import D3DError
+from d3d.errors import D3DError, reason
 from d3d.export.exporter import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -170,7 +170,11 @@ def get_or_build(
     if hit is not None:
         logger.debug("engine cache hit: %s", hit.path)
         return hit
-    path = (root or engines_dir()) / key.file_name()
+    if root is None:
+        from d3d._native import cache_subdir
+
+        root = cache_subdir("engines")  # a one-line error naming D3D_CACHE_DIR before a minutes-long build
+    path = root / key.file_name()
     logger.info("building engine %s (once; cached in %s)", path.name, path.parent)
     start = time.perf_counter()
     engine = build()
@@ -196,10 +200,15 @@ def get_or_build(
         "profile": dict(zip(("min", "opt", "max"), (list(s) for s in key.profile), strict=True)),
     }
     # Sidecar first: an engine is never in place without the sidecar that proves it ours.
-    with atomic_write(sidecar_of(path)) as tmp:
-        tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
-    with atomic_write(path) as tmp:
-        tmp.write_bytes(engine)
+    try:
+        with atomic_write(sidecar_of(path)) as tmp:
+            tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
+        with atomic_write(path) as tmp:
+            tmp.write_bytes(engine)
+    except OSError as exc:
+        raise D3DError(
+            f"{path}: cannot write the engine cache ({reason(exc)}): set D3D_CACHE_DIR to a writable folder"
+        ) from exc
     return CachedEngine(path, True, info)
 
 
@@ -220,8 +229,15 @@ def clear(root: Path | None = None) -> int:
     """Deletes the cache's own engines and sidecars (nothing else in the folder); returns how many engines."""
     count = 0
     for engine, _ in entries(root):
-        engine.unlink(missing_ok=True)
-        sidecar_of(engine).unlink(missing_ok=True)
+        try:
+            engine.unlink(missing_ok=True)
+            sidecar_of(engine).unlink(missing_ok=True)
+        except OSError as exc:
+            done = f" after removing {count}" if count else ""
+            raise D3DError(
+                f"{engine}: cannot remove it ({reason(exc)}){done}: the cache folder {engine.parent} "
+                "takes no changes; clear it as its owner"
+            ) from exc
         count += 1
     return count
 

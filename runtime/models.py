@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import d3d
-from d3d.errors import D3DError
+from d3d.errors import D3DError, reason
 from d3d.export.exporter import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def exporter_code_hash() -> str:
 
 def onnx_for(source: ModelSource, portable: bool = ORT_FLAVOUR_PORTABLE) -> Path:
     """The ONNX file for ``source``: the file itself, or a cached export of the checkpoint / random model."""
-    from d3d._native import cache_dir
+    from d3d._native import cache_dir, cache_subdir
     from d3d.export import ExportOptions, export_onnx
 
     if source.kind == "onnx":
@@ -135,10 +135,17 @@ def onnx_for(source: ModelSource, portable: bool = ORT_FLAVOUR_PORTABLE) -> Path
         raise D3DError(f"{source.path}: a TensorRT engine runs only on the tensorrt backend")
     flavour = "portable" if portable else "custom"
     key = f"{source.sha256[:16]}" if source.kind == "checkpoint" else f"random-seed{source.seed}"
-    path = cache_dir() / "onnx" / f"d3dnet-{key}-{flavour}-{exporter_code_hash()}.onnx"
+    name = f"d3dnet-{key}-{flavour}-{exporter_code_hash()}.onnx"
+    path = cache_dir() / "onnx" / name
     if not path.is_file():
+        path = cache_subdir("onnx") / name  # a one-line error naming D3D_CACHE_DIR before the model loads
         model = torch_model(source)
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         logger.info("exporting the model to %s for ONNX Runtime (once)", path)
-        export_onnx(model, path, ExportOptions(portable=portable), checkpoint_sha256=source.sha256)
+        try:
+            export_onnx(model, path, ExportOptions(portable=portable), checkpoint_sha256=source.sha256)
+        except OSError as exc:
+            raise D3DError(
+                f"{path}: cannot write the d3d cache ({reason(exc)}): set D3D_CACHE_DIR to a writable folder"
+            ) from exc
     return path

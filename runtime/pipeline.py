@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from d3d.atomic import AtomicDir, AtomicFile
 from d3d.color import rgb_to_ycbcr, ycbcr_to_rgb
-from d3d.errors import D3DError
+from d3d.errors import D3DError, reason
 from d3d.outputs import check_target, write_manifest
 from d3d.runtime.backends.base import Runner, peak_rss_mb
 from d3d.runtime.scenes import CutTracker, SceneCuts, window_indices
@@ -151,7 +151,10 @@ class VideoSource(FrameSource):
         try:
             self.container = open_pipe_input() if self.pipe else av.open(str(path))
         except av.error.FFmpegError as exc:
-            raise D3DError(f"{path}: cannot open video ({exc})") from None
+            raise D3DError(
+                f"{path}: not a readable video ({reason(exc)}): expected a video file FFmpeg decodes "
+                "(.mp4, .mkv, ...), a folder of frames, or - for a y4m stream"
+            ) from exc
         c = self.container
         if not c.streams.video:
             c.close()
@@ -260,7 +263,7 @@ class VideoSource(FrameSource):
                         t_end = float((pts + dur) * tb)
                         break
         except av.error.FFmpegError as exc:
-            raise D3DError(f"{self.path}: frame {index + 1}: cannot decode ({exc})") from None
+            raise D3DError(f"{self.path}: frame {index + 1}: cannot decode ({reason(exc)}): corrupt video") from exc
         # A truncated file often ends without a decoder error: compare with the declared length.
         if self.total is not None and count < self.total and t_end is None:
             raise D3DError(
@@ -268,7 +271,9 @@ class VideoSource(FrameSource):
                 f"(stopped after frame {index})"
             )
         if count == 0 and self.start > 0:
-            raise D3DError(f"{self.path}: --start {self.start} is past the last of its {index + 1} frames")
+            raise D3DError(
+                f"{self.path}: --start {self.start} is past the end: the video has {index + 1} frames (0 to {index})"
+            )
 
     def close(self) -> None:
         if not self.busy:  # a decoder thread still blocked on a pipe owns the container
@@ -284,11 +289,13 @@ class FolderSource(FrameSource):
             raise D3DError(f"{path}: cannot read the frame folder ({exc.strerror})") from None
         if not files:
             raise D3DError(f"{path}: no image frames ({', '.join(sorted(IMAGE_EXTENSIONS))}) in this folder")
+        if start >= len(files):
+            raise D3DError(
+                f"{path}: --start {start} is past the end: the folder has {len(files)} frames (0 to {len(files) - 1})"
+            )
         files = files[start:]
         self.files = files[:max_frames] if max_frames is not None else files
         self.total = len(self.files)
-        if not self.files:
-            raise D3DError(f"{path}: --start {start} is past the last of its {len(files) + start} frames")
         self.first_name, self.last_name = self.files[0].name, self.files[-1].name
         self.size = _image_size(self.files[0])
 
@@ -301,7 +308,9 @@ class FolderSource(FrameSource):
                 with av.open(str(f)) as c:
                     rgb = next(c.decode(video=0)).to_ndarray(format="rgb24")
             except (av.error.FFmpegError, StopIteration, OSError) as exc:
-                raise D3DError(f"{f}: frame {index}: cannot read image ({exc})") from None
+                raise D3DError(
+                    f"{f}: frame {index}: not a readable image (corrupt, truncated or not an image file)"
+                ) from exc
             if size is None:
                 size = rgb.shape[:2]
             elif rgb.shape[:2] != size:
@@ -559,7 +568,13 @@ def check_sink(path: Path, y16: bool = False, overwrite: bool = False, inputs: t
         if y16:
             raise D3DError("--y-only writes 16-bit PNG frames: give a folder as output, not - (stdout)")
         return
-    video = path.suffix.lower() in VIDEO_EXTENSIONS
+    suffix = path.suffix.lower()
+    video = suffix in VIDEO_EXTENSIONS
+    if suffix and not video and not path.is_dir():  # an existing folder keeps its name, whatever it is
+        raise D3DError(
+            f"{path}: unknown output type {suffix!r}: give a video file ({', '.join(sorted(VIDEO_EXTENSIONS))}), "
+            "a folder name without an extension for PNG frames, or - for a y4m stream on stdout"
+        )
     if video and y16:
         raise D3DError("--y-only writes 16-bit PNG frames: give a folder as output, not a video file")
     inputs = tuple(i for i in inputs if not is_pipe(i))

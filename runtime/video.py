@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from d3d.errors import D3DError
+from d3d.errors import D3DError, reason
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def supported_codecs(path: Path) -> set[str]:
         with av.open(str(path), "w") as probe:  # opens no file until a header is written
             return set(probe.supported_codecs)
     except (av.error.FFmpegError, ValueError) as exc:
-        raise D3DError(f"{path}: no container format for this extension ({exc})") from None
+        raise D3DError(f"{path}: no container format for this extension ({reason(exc)})") from exc
 
 
 def open_pipe_input():
@@ -235,7 +235,9 @@ def open_pipe_input():
     try:
         return av.open(sys.stdin.buffer, format=Y4M)
     except av.error.FFmpegError as exc:
-        raise D3DError(f"stdin: not a y4m stream ({exc}); pipe one with `ffmpeg ... -f yuv4mpegpipe -`") from None
+        raise D3DError(
+            f"stdin: not a y4m stream ({reason(exc)}); pipe one with `ffmpeg ... -f yuv4mpegpipe -`"
+        ) from exc
 
 
 def open_pipe_output():

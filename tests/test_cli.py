@@ -13,7 +13,14 @@ from d3d.cli import main as cli
 
 
 def test_top_level_help_lists_every_command(capsys):
-    assert cli([]) == 0
+    assert cli([]) == 2  # no command: the usage goes to stderr, exit 2 (argparse's convention)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    for name in COMMANDS:
+        assert name in captured.err
+    with pytest.raises(SystemExit) as info:
+        cli(["--help"])
+    assert info.value.code == 0
     out = capsys.readouterr().out
     for name in COMMANDS:
         assert name in out

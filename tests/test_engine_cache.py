@@ -196,6 +196,32 @@ def test_cli_list_and_clear_keep_foreign_files(files, cache, capsys):
     assert capsys.readouterr().out.strip() == f"removed 0 cached engines from {cache}"
 
 
+def test_cli_clear_of_a_read_only_cache_is_one_line(files, cache, capsys):
+    """An engine cache that takes no changes (a shared, read-only one): one line naming the engine, never
+    an internal error; nothing is removed."""
+    import os
+    import subprocess
+
+    onnx, plugin = files
+    engine = ec.get_or_build(_key(onnx, plugin), Builder()).path
+    before = sorted(p.name for p in cache.iterdir())
+    if os.geteuid() != 0:
+        cache.chmod(0o555)
+        undo = ["chmod", "755", str(cache)]
+    elif subprocess.run(["chattr", "+i", str(cache)], capture_output=True).returncode == 0:
+        undo = ["chattr", "-i", str(cache)]
+    else:
+        pytest.skip("running as root on a file system without chattr +i: no read-only folder to make")
+    try:
+        assert cli(["cache", "clear"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"d3d: error: {engine}: cannot remove it"), err
+        assert "internal error" not in err[0]
+        assert sorted(p.name for p in cache.iterdir()) == before
+    finally:
+        subprocess.run(undo, check=True)
+
+
 def test_cli_list_of_an_empty_cache(cache, capsys):
     assert cli(["cache", "list"]) == 0
     assert capsys.readouterr().out.strip() == f"0 cached engines in {cache}"

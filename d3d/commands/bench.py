@@ -18,10 +18,16 @@ from d3d.commands import add_model_source, add_output_flags, dims_arg, int_at_le
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from d3d.runtime.backends import backend_names
 
+    names = backend_names()
     parser.add_argument(
-        "--backends", nargs="+", choices=backend_names(), default=["pytorch", "onnxruntime"], help="backends to run"
+        "--backends",
+        nargs="+",
+        choices=names,
+        default=["pytorch", "onnxruntime"],
+        metavar="BACKEND",
+        help=f"backends to run, of: {', '.join(names)}",
     )
-    parser.add_argument("--sizes", type=dims_arg("HxW"), nargs="+", default=[(68, 160)], help="LR sizes HxW")
+    parser.add_argument("--sizes", type=dims_arg("HxW"), nargs="+", default=[(68, 160)], metavar="HxW", help="LR sizes")
     parser.add_argument("--iterations", type=positive_int, default=5, help="timed windows per backend and size")
     parser.add_argument("--warmup", type=int_at_least(0), default=1, help="untimed windows before timing")
     add_model_source(parser)

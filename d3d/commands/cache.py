@@ -8,6 +8,9 @@ import json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "the cache folder: $D3D_CACHE_DIR/engines, else $XDG_CACHE_HOME/d3d-trt/engines or ~/.cache/d3d-trt/engines"
+    )
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True, help="list or clear")
     ls = sub.add_parser("list", help="one line per cached engine: its key fields, size and date")
     ls.add_argument("--json", action="store_true", help="print a JSON list (the sidecars, with path and size)")

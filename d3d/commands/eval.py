@@ -51,7 +51,13 @@ def _clips(args: argparse.Namespace, scale: int):
     clips = []
     for s in sources:
         if s.is_dir() and (s / "sep_testlist.txt").is_file():
-            clips += load_vimeo_test(s, scale)
+            found = load_vimeo_test(s, scale)
+            if not found:
+                raise D3DError(
+                    f"{s / 'sep_testlist.txt'}: lists no test septuplets: nothing to score (prepare the data with "
+                    "--holdout, or a --holdout-fraction above 0)"
+                )
+            clips += found
         elif s.is_dir():
             if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in s.iterdir()):
                 raise D3DError(f"{s}: a bare frame folder; convert it with `d3d prepare --layout vid4` first")
@@ -95,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
             raise D3DError("d3d eval scores Y-channel models (in_channels=1)")
         infer = runner.infer
     clips = _clips(args, scale)
+    if not clips:  # a score over nothing would read as a result
+        raise D3DError("no test clips found in the data given")
     print(f"model: {label} | protocol: {protocol.name} | {len(clips)} clip(s)")
     results = []
     with tqdm(total=sum(len(c.hr) for c in clips), unit="frame", disable=args.quiet, dynamic_ncols=True) as bar:

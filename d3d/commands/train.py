@@ -37,11 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
     from d3d.errors import D3DError
-    from d3d.outputs import check_location, check_target
-    from d3d.train import TrainConfig, Trainer
+    from d3d.outputs import check_location, check_target, check_writable
 
     for name in ("scale", "nf", "patch", "batch", "epochs", "lr_step"):
         if getattr(args, name) < 1:
@@ -60,7 +57,64 @@ def run(args: argparse.Namespace) -> int:
                     f"{args.output / 'last.pth.tar'}, or give a new run folder"
                 )
             check_target(args.output, inputs=(args.data,), folder=True, what="--output")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+        # Checkpoints go inside the run folder: it (or where it would be created) must take files.
+        check_writable(args.output, what="--output", inside=True)
+    created = _first_missing(args.output)  # removed again where the run fails before saving anything
+    before = _signature(args.output / "last.pth.tar")
+    try:
+        return _train(args)
+    except BaseException as exc:
+        if int(os.environ.get("RANK", "0")) == 0:
+            _after_failure(exc, args.output, created, before)
+        raise
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost folder of ``folder``'s path that does not exist yet (what the run will create)."""
+    missing = None
+    for p in [folder, *folder.parents]:
+        if p.exists() or p.is_symlink():
+            break
+        missing = p
+    return missing
+
+
+def _after_failure(exc: BaseException, out: Path, created: Path | None, before: tuple[int, int] | None) -> None:
+    """A failed or interrupted run leaves nothing it created, except a checkpoint it saved to resume from,
+    which the error then names (an interrupt's line names it already: the trainer noted it)."""
+    from d3d.errors import add_kept, kept
+
+    last = out / "last.pth.tar"
+    now = _signature(last)
+    if now is not None:
+        if now != before and kept(exc) is None:
+            add_kept(exc, f"kept {last}: continue with --resume {last}")
+        return
+    if created is None:
+        return
+    # Only folders that are empty: whatever someone else put there meanwhile stays.
+    for folder in [out, *out.parents]:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if folder == created:
+            return
+
+
+def _train(args: argparse.Namespace) -> int:
+    # The trainer's log lines reach stderr through the CLI's handler of the "d3d" logger (a root handler
+    # here printed each of them twice, and in-process outlived the run).
+    from d3d.train import TrainConfig, Trainer
+
     cfg = TrainConfig(
         data=str(args.data),
         out=str(args.output),

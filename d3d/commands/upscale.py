@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--output",
         type=Path,
         required=True,
-        help="video file (.mp4/.mkv/...: H.264), folder of PNG frames, or - for a y4m stream on stdout",
+        help="video file (.mp4 .mkv .mov .avi .webm .m4v; see --codec), folder of PNG frames (a name without an "
+        "extension, or an existing folder), or - for a y4m stream on stdout",
     )
     parser.add_argument("--clip", default="bikes", help="bundled sample clip used when no INPUT is given")
     add_model_source(parser)
