@@ -258,11 +258,17 @@ __attribute__((target("avx512f"))) inline void sample_tile_hw_avx512(const Defor
           const float* e = x_cl + int64_t(px[3][j]) * C;
           const float w00 = wt[0][j], w01 = wt[1][j], w10 = wt[2][j], w11 = wt[3][j];
           float* row = colT + (j0 + j) * R;
+          // A tap on a pixel (zero or integer offsets, e.g. an untrained model's) reads one corner.
+          const bool on_pixel = w01 == 0.0f && w10 == 0.0f && w11 == 0.0f;
           for (int64_t c = og * cpo; c < (og + 1) * cpo;) {  // runs within one channel group
             const int64_t g = s.group == 1 ? 0 : c / cpg, end = std::min((g + 1) * cpg, (og + 1) * cpo);
             float* dst = row + (g * K + k) * cpg + (c - g * cpg);
-            for (int64_t i = 0; i < end - c; ++i)
-              dst[i] = w00 * a[c + i] + w01 * b[c + i] + w10 * d[c + i] + w11 * e[c + i];
+            if (on_pixel) {
+              for (int64_t i = 0; i < end - c; ++i) dst[i] = w00 * a[c + i];
+            } else {
+              for (int64_t i = 0; i < end - c; ++i)
+                dst[i] = w00 * a[c + i] + w01 * b[c + i] + w10 * d[c + i] + w11 * e[c + i];
+            }
             c = end;
           }
         }

@@ -340,6 +340,10 @@ void test_own_fp32_gemm_against_reference_forward() {
       for (auto& v : *vec) v = uniform(-1, 1);
     }
     for (auto& v : off) v = uniform(0, 1) < 0.15 ? (uniform(0, 1) < 0.5 ? -20.0 : 20.0) : uniform(-2.5, 2.5);
+    // A third on whole pixels in both axes (the sampler's one-corner path).
+    for (size_t i = 0; i < off.size(); ++i) {
+      if (uniform(0, 1) < 0.3) off[i] = std::round(off[i]);
+    }
     // Offsets the vector sampler must clamp before converting to int: huge, infinite and NaN (the
     // reference treats each as outside the volume).
     for (size_t i = 0; i + 3 < off.size(); i += 97) {
