@@ -120,8 +120,15 @@ def _log_to_stderr(debug: bool) -> Iterator[None]:
         log.setLevel(old)
 
 
-def _report_interrupt(signum: int) -> int:
-    print(f"d3d: interrupted ({signal.Signals(signum).name}); partial outputs removed", file=sys.stderr)
+def _note(exc: BaseException) -> str:
+    """What a command attached to the exception for the user's one line (e.g. how to resume)."""
+    note = getattr(exc, "d3d_note", None)
+    return f"; {note}" if note else ""
+
+
+def _report_interrupt(signum: int, exc: BaseException | None = None) -> int:
+    note = getattr(exc, "d3d_note", None) or "partial outputs removed"
+    print(f"d3d: interrupted ({signal.Signals(signum).name}); {note}", file=sys.stderr)
     return 128 + int(signum)
 
 
@@ -151,22 +158,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(run(args) or 0)
     except (Interrupted, KeyboardInterrupt) as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        return _report_interrupt(signum)
+        return _report_interrupt(signum, exc)
     except D3DError as exc:
         if debug:
             traceback.print_exc()
         if _received:
-            return _report_interrupt(_received[0])
-        print(f"d3d: error: {summary_line(exc)}", file=sys.stderr)
+            return _report_interrupt(_received[0], exc)
+        print(f"d3d: error: {summary_line(exc)}{_note(exc)}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:
         if debug:
             traceback.print_exc()
         if _received:
-            return _report_interrupt(_received[0])
+            return _report_interrupt(_received[0], exc)
         print(
             f"d3d: error: internal error: {type(exc).__name__}: {summary_line(exc)} "
-            "(re-run with --debug for the traceback)",
+            f"(re-run with --debug for the traceback){_note(exc)}",
             file=sys.stderr,
         )
         return 1

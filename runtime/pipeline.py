@@ -523,20 +523,9 @@ class PngFolderSink(FrameSink):
         self.names: list[str] = []
 
     def write(self, frame: OutFrame | np.ndarray) -> None:
-        import av
-
         image = frame if isinstance(frame, np.ndarray) else frame.image()
-        # PNG stores 16-bit samples big-endian; PyAV converts the native-endian frame on encode.
-        fmt = "gray16le" if self.y16 else "rgb24"
         name = f"frame_{self.count:06d}.png"
-        with av.open(str(self.tmp / name), "w", format="image2") as out:
-            stream = out.add_stream("png", rate=1)
-            stream.height, stream.width = image.shape[:2]
-            stream.pix_fmt = "gray16be" if self.y16 else "rgb24"
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format=fmt)):
-                out.mux(packet)
-            for packet in stream.encode():
-                out.mux(packet)
+        write_png_frame(self.tmp / name, image, self.y16)
         self.names.append(name)
         self.count += 1
 
@@ -546,6 +535,22 @@ class PngFolderSink(FrameSink):
 
     def abort(self) -> None:
         self._dir.abort()
+
+
+def write_png_frame(path: Path, image: np.ndarray, y16: bool = False) -> None:
+    """One PNG: RGB uint8 ``[H, W, 3]``, or with ``y16`` a 16-bit grayscale ``[H, W]`` plane."""
+    import av
+
+    # PNG stores 16-bit samples big-endian; PyAV converts the native-endian frame on encode.
+    fmt = "gray16le" if y16 else "rgb24"
+    with av.open(str(path), "w", format="image2") as out:
+        stream = out.add_stream("png", rate=1)
+        stream.height, stream.width = image.shape[:2]
+        stream.pix_fmt = "gray16be" if y16 else "rgb24"
+        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format=fmt)):
+            out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
 
 
 def check_sink(path: Path, y16: bool = False, overwrite: bool = False, inputs: tuple[Path | None, ...] = ()) -> None:
@@ -605,6 +610,7 @@ class UpscaleOptions:
     y_only: bool = False  # emit the network's Y output instead of RGB
     overlap: bool = True  # decode and encode in threads beside the network (False: one thread, serial)
     queue_size: int = 4  # frames between stages (bounds the memory the overlap adds)
+    done: int = 0  # first frames already complete in the work folder (--resume): no network for them
 
 
 @dataclass
@@ -666,9 +672,14 @@ def prepare(raw: RawFrame, pf: PlaneFormat | None, downscale: int = 1) -> InFram
                    time_base=raw.time_base)  # fmt: skip
 
 
-def finish(y_sr: np.ndarray, frame: InFrame, pf: PlaneFormat | None, opts: UpscaleOptions, scale: int) -> OutFrame:
-    """Writer-side conversion of the network's Y and the frame's chroma into an output frame."""
+def finish(
+    y_sr: np.ndarray | None, frame: InFrame, pf: PlaneFormat | None, opts: UpscaleOptions, scale: int
+) -> OutFrame:
+    """Writer-side conversion of the network's Y and the frame's chroma into an output frame; with no
+    ``y_sr`` (a frame completed before a resume) an empty one, which the sink fills from its work folder."""
     out = OutFrame(frame.index, frame.pts, frame.time_base)
+    if y_sr is None:
+        return out
     if opts.y_only:
         out.y16 = (np.clip(y_sr[0], 0, 1) * 65535 + 0.5).astype(np.uint16)
         return out
@@ -714,6 +725,8 @@ def _network(items: Iterable[InFrame | object], runner: Runner, opts: UpscaleOpt
     ring: dict[int, InFrame] = {}  # slot -> frame it holds
 
     def emit(i: int, last: int):
+        if i < opts.done:  # kept in the work folder: the sink restores it (its frames still fill the ring)
+            return ring[i % t], None
         slots = [min(max(j, 0), last) % t for j in range(i - half, i + half + 1)]
         t0 = time.perf_counter()
         if opts.tile:
