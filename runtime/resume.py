@@ -196,7 +196,8 @@ class WorkFolder:
         if self.png:
             write_png_frame(tmp, frame.image(), self.y16)
         else:
-            arrays = {"rgb": frame.rgb} if frame.rgb is not None else dict(zip(("y", "cb", "cr"), frame.planes))
+            planes = frame.planes if frame.rgb is None else []
+            arrays = {"rgb": frame.rgb} if frame.rgb is not None else dict(zip(("y", "cb", "cr"), planes, strict=True))
             with tmp.open("wb") as f:
                 np.savez_compressed(f, **arrays)
         with tmp.open("rb+") as f:

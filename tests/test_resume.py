@@ -325,7 +325,9 @@ def test_a_failure_keeps_completed_frames_and_resume_without_a_run_starts_fresh(
     monkeypatch.setattr(pipeline, "finish", failing)
     assert cli(_args(tiny_onnx, "frames", "out")) == 1
     err = capsys.readouterr().err.strip()
-    assert err == "d3d: error: disk trouble; 3 of 6 frames done and kept in .out.d3d-work: rerun with --resume to continue"
+    assert err == (
+        "d3d: error: disk trouble; 3 of 6 frames done and kept in .out.d3d-work: rerun with --resume to continue"
+    )
     monkeypatch.setattr(pipeline, "finish", real)
     assert cli(_args(tiny_onnx, "frames", "out", "--resume")) == 0
     assert snapshot(tmp_path / "out") == snapshot(tmp_path / "ref")

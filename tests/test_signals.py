@@ -6,7 +6,6 @@ while the network (its DeformConv3d nodes) runs."""
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -98,7 +97,8 @@ def test_interrupt_after_a_frame_was_written(tmp_path, slow_checkpoint, backend,
     assert cli(args) == 0
     assert not (tmp_path / WORK).exists()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        ".d3d-manifest.json", *(f"frame_{i:06d}.png" for i in range(8))
+        ".d3d-manifest.json",
+        *(f"frame_{i:06d}.png" for i in range(8)),
     ]
 
 

@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
             summary = _run(args, path, source, source_model, backend.name, runner, lr, inputs, copies, say, work)
         except BaseException as exc:
             if work is not None and work.kept:  # the one line the CLI prints says how to continue
-                exc.d3d_note = f"{_frames(work.kept, source.total)} done and kept in {work.path}: rerun with --resume to continue"
+                done = _frames(work.kept, source.total)
+                exc.d3d_note = f"{done} done and kept in {work.path}: rerun with --resume to continue"
             elif work is not None and work.committed:  # a signal taken once the commit was done
                 exc.d3d_note = f"{args.output} was complete and is written"
             raise
