@@ -66,9 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument(
         "--resume",
         action="store_true",
-        help="continue an interrupted run of this output from its last completed frame, kept in the work "
-        "folder .<output name>.d3d-work beside it; the settings must be the same (refused in one line "
-        "otherwise); without an interrupted run to continue, starts from the first frame",
+        help="continue an interrupted run of this output from its last completed frame (frames are kept in "
+        ".<output name>.d3d-work beside the output until it is written; --overwrite without --resume discards "
+        "them); refused in one line where a setting or the model differs; with no interrupted run, starts "
+        "from the first frame",
     )
     out.add_argument("--summary-json", type=Path, help="also write the summary as JSON")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -180,9 +181,20 @@ def _run(args, path, source, source_model, backend_name: str, runner, lr, inputs
     from d3d.errors import D3DError
     from d3d.runtime.estimate import estimate_run
     from d3d.runtime.pipeline import UpscaleOptions, open_sink, run_upscale
+    from d3d.runtime.resume import ResumableSink, fingerprint
 
     print(f"input: {'stdin (y4m)' if is_pipe(path) else path} | backend: {runner.describe()} | "
           f"model: {source_model.describe()}", file=say)  # fmt: skip
+    done = 0  # frames kept by an interrupted run (--resume): no network for them
+    if work is not None:
+        settings = fingerprint(args, path, source.plane_format, source_model, runner)
+        work.check_settings(settings)
+        if work.resuming:
+            print(f"resume: {_frames(work.done, source.total)} already done in {work.path}; the network "
+                  f"continues from frame {work.done}", file=say)  # fmt: skip
+            done = work.done
+        elif args.resume:
+            print(f"resume: no interrupted run of {args.output} to continue: starting from the first frame", file=say)
     if lr is not None:
         runner.check_frame_size(*lr)
         if not args.no_estimate:
@@ -202,18 +214,6 @@ def _run(args, path, source, source_model, backend_name: str, runner, lr, inputs
                 )
     scale = runner.config.scale
     size = (lr[0] * scale, lr[1] * scale) if lr is not None else None
-    done = 0
-    if work is not None:
-        from d3d.runtime.resume import ResumableSink, fingerprint
-
-        settings = fingerprint(args, path, source.plane_format, source_model, runner)
-        work.check_settings(settings)
-        if work.resuming:
-            print(f"resume: {_frames(work.done, source.total)} already done in {work.path}; the network "
-                  f"continues from frame {work.done}", file=say)  # fmt: skip
-            done = work.done
-        elif args.resume:
-            print(f"resume: no interrupted run of {args.output} to continue: starting from the first frame", file=say)
     sink = None  # PNG frames of a resumable run go into the work folder, then become the output
     if work is None or not work.png:
         sink = open_sink(args.output, source, y16=args.y_only, overwrite=args.overwrite, crf=args.crf,
