@@ -182,12 +182,16 @@ class WorkFolder:
             for p in self.frames.glob(".*"):  # temporary files of frames that were never completed
                 p.unlink(missing_ok=True)
             return
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        self.frames.mkdir(parents=True)
-        tmp = self.path / f".{SETTINGS}.part"
-        tmp.write_text(json.dumps({"tool": _TOOL, "settings": settings}, indent=1))
-        os.replace(tmp, self.path / SETTINGS)
+        # Made complete beside, then renamed into place (replacing a stale one): an interrupt here never
+        # leaves a folder without its settings, which a later run would refuse to touch.
+        new = AtomicDir(self.path)
+        try:
+            (new.tmp / FRAMES).mkdir()
+            (new.tmp / SETTINGS).write_text(json.dumps({"tool": _TOOL, "settings": settings}, indent=1))
+            new.commit()
+        except BaseException:
+            new.abort()
+            raise
 
     def store(self, n: int, frame: OutFrame) -> None:
         """Keeps completed frame ``n``: written under a temporary name, synced, then renamed."""
@@ -250,8 +254,8 @@ def _signals_deferred() -> Iterator[None]:
         handler = previous[got[0]]
         if callable(handler):
             handler(got[0], None)
-        elif handler != signal.SIG_IGN:
-            raise KeyboardInterrupt
+        else:
+            signal.raise_signal(got[0])  # the restored disposition (default or ignore) takes it
 
 
 class ResumableSink(FrameSink):
