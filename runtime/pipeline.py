@@ -856,6 +856,10 @@ def _run_overlapped(source, runner, sink, opts, clock, written, tick) -> None:
     q_in: queue.Queue = queue.Queue(maxsize=opts.queue_size * 4)  # packets travel here too
     q_out: queue.Queue = queue.Queue(maxsize=opts.queue_size * 4)
     failure: list[BaseException] = []
+    # The writer's end, as an event: after a join interrupted by a signal, Python 3.11 can report a
+    # still-running thread as not alive (its lock released by the interrupted join), and the sink would
+    # then be aborted under the writer's feet.
+    writer_done = threading.Event()
 
     def decode() -> None:
         try:
@@ -871,6 +875,12 @@ def _run_overlapped(source, runner, sink, opts, clock, written, tick) -> None:
                 pass
 
     def write() -> None:
+        try:
+            _write()
+        finally:
+            writer_done.set()
+
+    def _write() -> None:
         try:
             while True:
                 item = _get(q_out, stop)
@@ -910,21 +920,21 @@ def _run_overlapped(source, runner, sink, opts, clock, written, tick) -> None:
                 if isinstance(item, tuple):
                     tick()
             _put(q_out, _END, stop)
-            while writer.is_alive():
-                writer.join(WAIT_SLICE_S)
+            while not writer_done.wait(WAIT_SLICE_S):
+                pass
         except _Stopped:
             pass
         if failure:
             raise failure[0]
-        if stop.is_set() or (writer.is_alive()):
+        if stop.is_set() or not writer_done.is_set():
             raise D3DError("the pipeline stopped before the last frame was written")
     finally:
         stop.set()
         # The writer is joined before the caller aborts the sink (it owns the container until then);
         # the decoder may wait on a pipe, holds no output, and is left to end with the process.
         deadline = time.perf_counter() + 5.0
-        while writer.is_alive() and time.perf_counter() < deadline:
-            writer.join(WAIT_SLICE_S)
+        while not writer_done.is_set() and time.perf_counter() < deadline:
+            writer_done.wait(WAIT_SLICE_S)
         decoder.join(0.5)
         if decoder.is_alive() and isinstance(source, VideoSource):
             source.busy = True

@@ -238,10 +238,16 @@ def test_video_resume_after_sigint_equals_an_uninterrupted_run(
 # --- Interrupts at the end, failures, and a folder that is not ours ----------------------------------
 
 
-def _fail_once(monkeypatch, owner, name: str, exc: BaseException) -> None:
+def _fail_once(monkeypatch, owner, name: str, exc: BaseException, target: str) -> None:
+    """``owner.name`` raises ``exc`` the first time it is called for ``target`` (the output's path)."""
+    from d3d.runtime.pipeline import VideoSink
+
     real = getattr(owner, name)
 
     def patched(self, *a, **k):
+        path = self._file.path if isinstance(self, VideoSink) else self.path
+        if path.name != target:  # e.g. the work folder's own atomic creation
+            return real(self, *a, **k)
         monkeypatch.setattr(owner, name, real)
         raise exc
 
@@ -262,7 +268,7 @@ def test_interrupt_during_the_final_encode_or_commit_resumes(tmp_path, tiny_onnx
     owner, name = (VideoSink, "finish") if step == "encode" else (AtomicFile, "commit")
     if out == "out":
         owner = AtomicDir
-    _fail_once(monkeypatch, owner, name, Interrupted(signal.SIGINT))
+    _fail_once(monkeypatch, owner, name, Interrupted(signal.SIGINT), out)
     capsys.readouterr()
     assert cli(_args(tiny_onnx, "frames", out)) == 130
     work = tmp_path / f".{out}.d3d-work"
