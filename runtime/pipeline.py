@@ -9,7 +9,8 @@ Three stages overlap (:func:`run_upscale`): a decoder thread (demux, decode, con
 the network in the calling thread, and a writer thread (chroma upscale, conversion to code values,
 encode, mux, stream copy), joined by small bounded queues. The calling thread only waits in short
 slices, so SIGINT/SIGTERM reach it promptly; every stage stops at its next queue operation and the
-output is aborted (nothing left behind).
+output is aborted (no output left behind; a resumable run's completed frames stay in its work folder,
+:mod:`d3d.runtime.resume`).
 """
 
 from __future__ import annotations
@@ -805,7 +806,8 @@ def _get(q: queue.Queue, stop: threading.Event, alive: threading.Thread | None =
 
 def run_upscale(source: FrameSource, runner: Runner, sink: FrameSink, opts: UpscaleOptions, progress=None) -> Summary:
     """Streams ``source`` through ``runner`` into ``sink``; on any failure or interrupt every stage
-    stops and the sink is aborted (nothing left behind)."""
+    stops and the sink is aborted (no output left behind; :class:`~d3d.runtime.resume.ResumableSink` keeps
+    its completed frames)."""
     summary = Summary(backend=runner.describe(), precision=runner.precision)
     pf = source.plane_format
     summary.colour = pf.describe() if pf is not None else "RGB (the seed's BT.601 conversion)"
