@@ -53,11 +53,14 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 class AtomicDir:
     """A temporary sibling folder that ``commit`` renames onto ``path`` (replacing it) and ``abort``
-    deletes."""
+    deletes. ``tmp``: an existing folder on the same file system to commit instead of a new one."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], tmp: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if tmp is not None:
+            self.tmp = Path(tmp)
+            return
         self.tmp = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}."))
 
     def commit(self) -> None:

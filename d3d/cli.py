@@ -242,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(
             f"d3d: error: internal error: {type(exc).__name__}: {summary_line(exc)} "
-            "(re-run with --debug for the traceback)",
+            "(re-run with --debug for the traceback)" + (f"; {kept(exc)}" if kept(exc) else ""),
             file=sys.stderr,
         )
         return 1

@@ -10,7 +10,8 @@ Three stages overlap (:func:`run_upscale`): a decoder thread (demux, decode, con
 the network in the calling thread, and a writer thread (chroma upscale, conversion to code values,
 encode, mux, stream copy), joined by small bounded queues. The calling thread only waits in short
 slices, so SIGINT/SIGTERM reach it promptly; every stage stops at its next queue operation and the
-output is aborted (nothing left behind).
+output is aborted (no output left behind; a resumable run's completed frames stay in its work folder,
+:mod:`d3d.runtime.resume`).
 """
 
 from __future__ import annotations
@@ -536,20 +537,9 @@ class PngFolderSink(FrameSink):
         self.names: list[str] = []
 
     def write(self, frame: OutFrame | np.ndarray) -> None:
-        import av
-
         image = frame if isinstance(frame, np.ndarray) else frame.image()
-        # PNG stores 16-bit samples big-endian; PyAV converts the native-endian frame on encode.
-        fmt = "gray16le" if self.y16 else "rgb24"
         name = f"frame_{self.count:06d}.png"
-        with av.open(str(self.tmp / name), "w", format="image2") as out:
-            stream = out.add_stream("png", rate=1)
-            stream.height, stream.width = image.shape[:2]
-            stream.pix_fmt = "gray16be" if self.y16 else "rgb24"
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format=fmt)):
-                out.mux(packet)
-            for packet in stream.encode():
-                out.mux(packet)
+        write_png_frame(self.tmp / name, image, self.y16)
         self.names.append(name)
         self.count += 1
 
@@ -559,6 +549,22 @@ class PngFolderSink(FrameSink):
 
     def abort(self) -> None:
         self._dir.abort()
+
+
+def write_png_frame(path: Path, image: np.ndarray, y16: bool = False) -> None:
+    """One PNG: RGB uint8 ``[H, W, 3]``, or with ``y16`` a 16-bit grayscale ``[H, W]`` plane."""
+    import av
+
+    # PNG stores 16-bit samples big-endian; PyAV converts the native-endian frame on encode.
+    fmt = "gray16le" if y16 else "rgb24"
+    with av.open(str(path), "w", format="image2") as out:
+        stream = out.add_stream("png", rate=1)
+        stream.height, stream.width = image.shape[:2]
+        stream.pix_fmt = "gray16be" if y16 else "rgb24"
+        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format=fmt)):
+            out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
 
 
 def check_sink(path: Path, y16: bool = False, overwrite: bool = False, inputs: tuple[Path | None, ...] = ()) -> None:
@@ -625,6 +631,7 @@ class UpscaleOptions:
     overlap: bool = True  # decode and encode in threads beside the network (False: one thread, serial)
     queue_size: int = 4  # frames between stages (bounds the memory the overlap adds)
     scene_cuts: SceneCuts = field(default_factory=SceneCuts)  # where windows are clamped besides the ends
+    done: int = 0  # first frames already complete in the work folder (--resume): no network for them
 
 
 @dataclass
@@ -688,9 +695,14 @@ def prepare(raw: RawFrame, pf: PlaneFormat | None, downscale: int = 1) -> InFram
                    time_base=raw.time_base)  # fmt: skip
 
 
-def finish(y_sr: np.ndarray, frame: InFrame, pf: PlaneFormat | None, opts: UpscaleOptions, scale: int) -> OutFrame:
-    """Writer-side conversion of the network's Y and the frame's chroma into an output frame."""
+def finish(
+    y_sr: np.ndarray | None, frame: InFrame, pf: PlaneFormat | None, opts: UpscaleOptions, scale: int
+) -> OutFrame:
+    """Writer-side conversion of the network's Y and the frame's chroma into an output frame; with no
+    ``y_sr`` (a frame completed before a resume) an empty one, which the sink fills from its work folder."""
     out = OutFrame(frame.index, frame.pts, frame.time_base)
+    if y_sr is None:
+        return out
     if opts.y_only:
         out.y16 = (np.clip(y_sr[0], 0, 1) * 65535 + 0.5).astype(np.uint16)
         return out
@@ -736,6 +748,8 @@ def _network(items: Iterable[InFrame | object], runner: Runner, opts: UpscaleOpt
     ring: dict[int, InFrame] = {}  # slot -> frame it holds
 
     def emit(i: int, first: int, last: int):
+        if i < opts.done:  # kept in the work folder: the sink restores it (its frames still fill the ring)
+            return ring[i % t], None
         # Clamped to the shot, every index is in [i - half, i + half]: none older than the ring holds.
         slots = [j % t for j in window_indices(i, half, first, last)]
         t0 = time.perf_counter()
@@ -840,7 +854,8 @@ def _get(q: queue.Queue, stop: threading.Event, alive: threading.Thread | None =
 
 def run_upscale(source: FrameSource, runner: Runner, sink: FrameSink, opts: UpscaleOptions, progress=None) -> Summary:
     """Streams ``source`` through ``runner`` into ``sink``; on any failure or interrupt every stage
-    stops and the sink is aborted (nothing left behind)."""
+    stops and the sink is aborted (no output left behind; :class:`~d3d.runtime.resume.ResumableSink` keeps
+    its completed frames)."""
     summary = Summary(backend=runner.describe(), precision=runner.precision)
     pf = source.plane_format
     summary.colour = pf.describe() if pf is not None else "RGB (the seed's BT.601 conversion)"
@@ -892,6 +907,10 @@ def _run_overlapped(source, runner, sink, opts, clock, written, tick, tracker) -
     q_in: queue.Queue = queue.Queue(maxsize=opts.queue_size * 4)  # packets travel here too
     q_out: queue.Queue = queue.Queue(maxsize=opts.queue_size * 4)
     failure: list[BaseException] = []
+    # The writer's end, as an event: after a join interrupted by a signal, Python 3.11 can report a
+    # still-running thread as not alive (its lock released by the interrupted join), and the sink would
+    # then be aborted under the writer's feet.
+    writer_done = threading.Event()
 
     def decode() -> None:
         try:
@@ -907,6 +926,12 @@ def _run_overlapped(source, runner, sink, opts, clock, written, tick, tracker) -
                 pass
 
     def write() -> None:
+        try:
+            _write()
+        finally:
+            writer_done.set()
+
+    def _write() -> None:
         try:
             while True:
                 item = _get(q_out, stop)
@@ -946,21 +971,21 @@ def _run_overlapped(source, runner, sink, opts, clock, written, tick, tracker) -
                 if isinstance(item, tuple):
                     tick()
             _put(q_out, _END, stop)
-            while writer.is_alive():
-                writer.join(WAIT_SLICE_S)
+            while not writer_done.wait(WAIT_SLICE_S):
+                pass
         except _Stopped:
             pass
         if failure:
             raise failure[0]
-        if stop.is_set() or (writer.is_alive()):
+        if stop.is_set() or not writer_done.is_set():
             raise D3DError("the pipeline stopped before the last frame was written")
     finally:
         stop.set()
         # The writer is joined before the caller aborts the sink (it owns the container until then);
         # the decoder may wait on a pipe, holds no output, and is left to end with the process.
         deadline = time.perf_counter() + 5.0
-        while writer.is_alive() and time.perf_counter() < deadline:
-            writer.join(WAIT_SLICE_S)
+        while not writer_done.is_set() and time.perf_counter() < deadline:
+            writer_done.wait(WAIT_SLICE_S)
         decoder.join(0.5)
         if decoder.is_alive() and isinstance(source, VideoSource):
             source.busy = True

@@ -202,7 +202,9 @@ def test_corrupt_and_truncated_video(small, tmp_path, capsys):
         ["upscale", str(tmp_path / "fastcut.mp4"), "--onnx", str(onnx_path), "-o", str(tmp_path / "o2"), "-q"], capsys
     )
     assert "fastcut.mp4" in err and "frame" in err
-    assert not (tmp_path / "o2").exists() and not _leftovers(tmp_path)
+    # No output; the frames completed before the error stay in d3d's work folder only, as the line says.
+    assert not (tmp_path / "o2").exists() and _leftovers(tmp_path) == [tmp_path / ".o2.d3d-work"]
+    assert err.endswith(f"frames done and kept in {tmp_path / '.o2.d3d-work'}: rerun with --resume to continue")
 
     (tmp_path / "noise.mp4").write_bytes(np.random.default_rng(1).bytes(5000))
     err = _run_failing(["upscale", str(tmp_path / "noise.mp4"), "--onnx", str(onnx_path), "-o", str(out)], capsys)

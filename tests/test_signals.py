@@ -1,5 +1,7 @@
-"""SIGINT/SIGTERM on a running `d3d upscale`: one line, exit 130/143 within 2 s, nothing left behind —
-after a frame was written, and while the network (its DeformConv3d nodes) runs."""
+"""SIGINT/SIGTERM on a running `d3d upscale`: one line, exit 130/143 within 2 s, no output and no
+temporary file; only d3d's work folder stays where it holds completed frames (the line then says how many
+and to rerun with --resume, which finishes the output and removes it) — after a frame was written, and
+while the network (its DeformConv3d nodes) runs."""
 
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ import torch
 from conftest import snapshot, write_frames
 
 from d3d import D3Dnet, save_checkpoint
+from d3d.cli import main as cli
+
+WORK = ".out.d3d-work"  # d3d's work folder of output "out"
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +48,24 @@ def _wait_for(cond, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.01)
 
 
+def _check_left(tmp_path: Path, before: dict, err: str, sig: int, total: int = 8, work: str = WORK) -> int:
+    """The output is absent, everything but d3d's work folder is as before, and the last line says what
+    stays: nothing (no frame was complete) or the frames kept and how to continue. Returns frames kept."""
+    line = err.strip().splitlines()[-1]
+    name = signal.Signals(sig).name
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if not k.startswith(work)} == before  # no output, no temporary file
+    if not (tmp_path / work).exists():
+        assert line == f"d3d: interrupted ({name}); partial outputs removed"
+        return 0
+    kept = len([p for p in (tmp_path / work / "frames").iterdir() if not p.name.startswith(".")])
+    assert 1 <= kept <= total
+    assert line == (
+        f"d3d: interrupted ({name}); {kept} of {total} frames done and kept in {work}: rerun with --resume to continue"
+    )
+    return kept
+
+
 def _interrupt(proc: subprocess.Popen, sig: int) -> tuple[int, str, float]:
     t0 = time.monotonic()
     proc.send_signal(sig)
@@ -56,18 +79,27 @@ def _interrupt(proc: subprocess.Popen, sig: int) -> tuple[int, str, float]:
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "pytorch"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_after_a_frame_was_written(tmp_path, slow_checkpoint, backend, sig):
+def test_interrupt_after_a_frame_was_written(tmp_path, slow_checkpoint, backend, sig, monkeypatch):
     write_frames(tmp_path / "frames", 8, size=(48, 48))
     before = snapshot(tmp_path)
     proc = _start(tmp_path, slow_checkpoint, backend)
-    _wait_for(lambda: any(tmp_path.glob(".out.*/frame_000000.png")), proc)
+    _wait_for(lambda: (tmp_path / WORK / "frames" / "frame_000000.png").is_file(), proc)
     rc, err, seconds = _interrupt(proc, sig)
     assert rc == 128 + sig, err
     # One line about the interrupt (a first run may log the ONNX export before it), no traceback/abort.
-    assert err.strip().splitlines()[-1] == f"d3d: interrupted ({signal.Signals(sig).name}); partial outputs removed"
     assert "Traceback" not in err and "terminate called" not in err
     assert seconds < 2.0
-    assert snapshot(tmp_path) == before  # no output, no temporary files
+    assert _check_left(tmp_path, before, err, sig) >= 1
+    # The kept frames are d3d's own: a --resume run finishes the output and removes them.
+    monkeypatch.chdir(tmp_path)
+    args = ["upscale", "frames", "--checkpoint", str(slow_checkpoint), "--backend", backend, "-o", "out", "-q",
+            "--no-estimate", "--resume"]  # fmt: skip
+    assert cli(args) == 0
+    assert not (tmp_path / WORK).exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".d3d-manifest.json",
+        *(f"frame_{i:06d}.png" for i in range(8)),
+    ]
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "pytorch"])
@@ -78,14 +110,13 @@ def test_interrupt_while_the_network_runs(tmp_path, slow_checkpoint, backend):
     before = snapshot(tmp_path)
     proc = _start(tmp_path, slow_checkpoint, backend)
     assert proc.stdout.readline().startswith("input: ")  # printed once the model is loaded
-    _wait_for(lambda: any(tmp_path.glob(".out.*")), proc)  # the sink exists: frames are being computed
+    _wait_for(lambda: (tmp_path / WORK / "frames").is_dir(), proc)  # the sink exists: frames are being computed
     time.sleep(0.2)
     rc, err, seconds = _interrupt(proc, signal.SIGINT)
     assert rc == 130, err
     assert "terminate called" not in err and "Traceback" not in err
-    assert err.strip().splitlines()[-1] == "d3d: interrupted (SIGINT); partial outputs removed"
     assert seconds < 2.0
-    assert snapshot(tmp_path) == before
+    _check_left(tmp_path, before, err, signal.SIGINT)
 
 
 def test_interrupt_while_encoding_a_video(tmp_path, slow_checkpoint):
@@ -99,9 +130,8 @@ def test_interrupt_while_encoding_a_video(tmp_path, slow_checkpoint):
     time.sleep(0.5)
     rc, err, seconds = _interrupt(proc, signal.SIGTERM)
     assert rc == 143, err
-    assert err.strip().splitlines()[-1] == "d3d: interrupted (SIGTERM); partial outputs removed"
     assert seconds < 2.0
-    assert snapshot(tmp_path) == before
+    _check_left(tmp_path, before, err, signal.SIGTERM, work=".out.mp4.d3d-work")
 
 
 def test_interrupt_during_the_first_use_export(tmp_path, slow_checkpoint):

@@ -81,12 +81,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     out.add_argument("--y-only", action="store_true", help="write the network's Y output as 16-bit PNG frames")
     add_output_flags(out)
+    out.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run of this output from its last completed frame (frames are kept in "
+        ".<output name>.d3d-work beside the output until it is written; --overwrite without --resume discards "
+        "them); refused in one line where a setting or the model differs; with no interrupted run, starts "
+        "from the first frame",
+    )
     out.add_argument("--summary-json", type=Path, help="also write the summary as JSON")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from d3d.errors import D3DError
+    from d3d.errors import D3DError, add_kept
     from d3d.outputs import check_target, write_output
     from d3d.runtime.backends import choose_backend, create_runner
     from d3d.runtime.pipeline import check_sink, open_source, plan_streams
@@ -109,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     scenes = SceneCuts.parse(args.scene_cuts, args.cut_threshold)
     inputs = (path, source_model.path, args.plugin, Path(scenes.path) if scenes.path else None)
     check_sink(args.output, args.y_only, args.overwrite, inputs)
+    work = _work_folder(args, path, inputs)
     if is_pipe(path) and sys.stdin.isatty():
         raise D3DError("input - reads a y4m stream from stdin: pipe one in (`ffmpeg ... -f yuv4mpegpipe - | d3d ...`)")
     if args.summary_json:
@@ -130,7 +139,16 @@ def run(args: argparse.Namespace) -> int:
 
         runner = create_runner(backend, source_model, options)
         try:
-            summary = _run(args, path, source, source_model, backend.name, runner, lr, inputs, copies, say, scenes)
+            summary = _run(
+                args, path, source, source_model, backend.name, runner, lr, inputs, copies, say, scenes, work
+            )
+        except BaseException as exc:
+            if work is not None and work.kept:  # the one line the CLI prints says how to continue
+                done = _frames(work.kept, source.total)
+                add_kept(exc, f"{done} done and kept in {work.path}: rerun with --resume to continue")
+            elif work is not None and work.committed:  # a signal taken once the commit was done
+                add_kept(exc, f"{args.output} was complete and is written")
+            raise
         finally:
             runner.close()  # release the backend's threads before any exit, interrupted or not
     finally:
@@ -156,16 +174,50 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(args, path, source, source_model, backend_name: str, runner, lr, inputs, copies, say, scenes):
+def _frames(n: int, total: int | None) -> str:
+    """``3 of 8 frames``, or ``3 frames`` where the input does not say how many it has."""
+    return f"{n} of {total} frames" if total else f"{n} frame{'' if n == 1 else 's'}"
+
+
+def _work_folder(args, path: Path, inputs):
+    """The work folder that makes the run resumable (None for a y4m pipe in or out), checked before any
+    slow work: an earlier run's frames are refused without --resume or --overwrite."""
+    from d3d.errors import D3DError
+    from d3d.runtime.pipeline import VIDEO_EXTENSIONS
+    from d3d.runtime.resume import WorkFolder
+
+    if is_pipe(args.output) or is_pipe(path):
+        if args.resume:
+            where = "output - (stdout)" if is_pipe(args.output) else "input - (stdin)"
+            raise D3DError(f"--resume needs a file or folder as input and output, not the {where}")
+        return None
+    png = args.output.suffix.lower() not in VIDEO_EXTENSIONS
+    work = WorkFolder(args.output, png=png, y16=args.y_only)
+    work.claim(resume=args.resume, overwrite=args.overwrite, inputs=inputs)
+    return work
+
+
+def _run(args, path, source, source_model, backend_name: str, runner, lr, inputs, copies, say, scenes, work=None):
     """Estimate (and refuse what cannot fit), then stream the frames into the sink."""
     from tqdm import tqdm
 
     from d3d.errors import D3DError
     from d3d.runtime.estimate import estimate_run
     from d3d.runtime.pipeline import UpscaleOptions, open_sink, run_upscale
+    from d3d.runtime.resume import ResumableSink, fingerprint
 
     print(f"input: {'stdin (y4m)' if is_pipe(path) else path} | backend: {runner.describe()} | "
           f"model: {source_model.describe()}", file=say)  # fmt: skip
+    done = 0  # frames kept by an interrupted run (--resume): no network for them
+    if work is not None:
+        settings = fingerprint(args, path, source.plane_format, source_model, runner, scenes)
+        work.check_settings(settings)
+        if work.resuming:
+            print(f"resume: {_frames(work.done, source.total)} already done in {work.path}; the network "
+                  f"continues from frame {work.done}", file=say)  # fmt: skip
+            done = work.done
+        elif args.resume:
+            print(f"resume: no interrupted run of {args.output} to continue: starting from the first frame", file=say)
     if lr is not None:
         runner.check_frame_size(*lr)
         if not args.no_estimate:
@@ -185,9 +237,21 @@ def _run(args, path, source, source_model, backend_name: str, runner, lr, inputs
                 )
     scale = runner.config.scale
     size = (lr[0] * scale, lr[1] * scale) if lr is not None else None
-    sink = open_sink(args.output, source, y16=args.y_only, overwrite=args.overwrite, crf=args.crf, inputs=inputs,
-                     codec=args.codec, copies=copies, size=size)  # fmt: skip
+    sink = None  # PNG frames of a resumable run go into the work folder, then become the output
+    if work is None or not work.png:
+        sink = open_sink(args.output, source, y16=args.y_only, overwrite=args.overwrite, crf=args.crf,
+                         inputs=inputs, codec=args.codec, copies=copies, size=size)  # fmt: skip
+    if work is not None:
+        try:
+            work.start(settings)
+        except BaseException as exc:
+            if sink is not None:
+                sink.abort()
+            if isinstance(exc, OSError):
+                raise D3DError(f"{work.path}: cannot write the work folder ({exc.strerror or exc})") from None
+            raise
+        sink = ResumableSink(work, sink, source.plane_format)
     opts = UpscaleOptions(args.tile, args.tile_overlap, args.downscale, args.y_only, overlap=not args.serial,
-                          scene_cuts=scenes)  # fmt: skip
+                          scene_cuts=scenes, done=done)  # fmt: skip
     with tqdm(total=source.total, unit="frame", disable=args.quiet, dynamic_ncols=True, file=sys.stderr) as bar:
         return run_upscale(source, runner, sink, opts, progress=bar)
