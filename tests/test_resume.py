@@ -125,6 +125,12 @@ def test_png_resume_after_sigint_is_byte_identical(tmp_path, slow, other, capsys
     msg = _refused(_args(other, "frames", "out", "--resume"), capsys)
     assert "cannot resume" in msg and "model onnx sha256" in msg and "model config nf 16 then, 4 now" in msg
     assert snapshot(work) == kept_snap
+    # Other scene cuts change the windows: refused too (a cut list is compared by the cuts it lists).
+    (tmp_path / "cuts.txt").write_text("3\n")
+    msg = _refused(_args(slow, "frames", "out", "--resume", "--scene-cuts", "cuts.txt"), capsys)
+    assert "cannot resume" in msg and "--scene-cuts detect, threshold 0.17 then, at 3 now" in msg
+    assert snapshot(work) == kept_snap
+    (tmp_path / "cuts.txt").unlink()
 
     assert cli(_args(slow, "frames", "out", "--resume")) == 0
     assert f"resume: {kept} of {N} frames already done" in capsys.readouterr().out
