@@ -17,7 +17,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from d3d.errors import D3DError, SDKMissing
+from d3d.errors import D3DError, SDKMissing, summary_line
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,22 @@ def load_plugin(trt, logger, library: Path) -> None:
         raise D3DError(f"{library}: TensorRT could not load the plugin library")
 
 
+def plugin_for_model(onnx_path: Path, explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The plugin library a build of ``onnx_path`` loads: an explicit one always (it must exist), else the
+    one found where the model has DeformConv3d nodes; None for a portable model, which needs none."""
+    if explicit is not None:
+        return find_plugin_library(explicit)
+    import onnx
+
+    from d3d.export.exporter import has_custom_nodes
+
+    try:
+        proto = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # any parse failure is the file's fault
+        raise D3DError(f"{onnx_path}: not a readable ONNX model ({summary_line(exc)})") from None
+    return find_plugin_library() if has_custom_nodes(proto) else None
+
+
 def build_engine_bytes(
     onnx_path: Path,
     precision: str = "fp32",
@@ -75,10 +91,13 @@ def build_engine_bytes(
     workspace_gib: float = 4.0,
     input_name: str = "lr",
 ) -> bytes:
-    """Parses ``onnx_path`` with TensorRT's ONNX parser (plugin loaded) and builds a serialized engine."""
+    """Parses ``onnx_path`` with TensorRT's ONNX parser (the DeformConv3d plugin loaded where given or
+    where the model needs it) and builds a serialized engine."""
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
-    load_plugin(trt, logger, plugin_library or find_plugin_library())
+    plugin = plugin_for_model(onnx_path, plugin_library)
+    if plugin is not None:
+        load_plugin(trt, logger, plugin)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)

@@ -45,3 +45,32 @@ def test_engine_sidecar_mismatch_is_explained(tmp_path):
     assert "built for compute capability 8.9, this GPU is 9.0" in msg and "rebuild" in msg
     info_ok = check_sidecar(engine, "10.9.0", "NVIDIA L4", "8.9")
     assert info_ok["gpu"] == "NVIDIA L4"
+
+
+def test_only_a_custom_op_model_needs_the_plugin(tiny_checkpoint, tiny_onnx, tmp_path, monkeypatch):
+    """A TensorRT build loads the DeformConv3d plugin for a custom-op model only: a portable model builds
+    where no plugin exists; an explicit --plugin must exist; a custom-op model without one is a clear
+    SDK-missing error (exit 2), not a failure inside TensorRT."""
+    import logging
+
+    from d3d import load_checkpoint
+    from d3d.errors import D3DError, SDKMissing
+    from d3d.export import ExportOptions, export_onnx
+    from d3d.export.tensorrt import plugin_for_model
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    portable = tmp_path / "portable.onnx"
+    export_onnx(load_checkpoint(tiny_checkpoint), portable, ExportOptions(portable=True))
+    monkeypatch.setenv("D3D_TRT_PLUGIN", str(tmp_path / "absent.so"))  # the search finds nothing usable
+    monkeypatch.setattr("d3d.native_libs.trt_plugin_library", lambda: None)
+    assert plugin_for_model(portable) is None
+    with pytest.raises(SDKMissing, match="plugin"):
+        plugin_for_model(tiny_onnx)
+    with pytest.raises(D3DError, match="no such plugin library"):
+        plugin_for_model(portable, tmp_path / "absent.so")
+    lib = tmp_path / "libplugin.so"
+    lib.write_bytes(b"\x7fELF")
+    assert plugin_for_model(tiny_onnx, lib) == lib
+    (tmp_path / "junk.onnx").write_bytes(b"not onnx")
+    with pytest.raises(D3DError, match="not a readable ONNX model"):
+        plugin_for_model(tmp_path / "junk.onnx")
