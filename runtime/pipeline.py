@@ -650,6 +650,7 @@ class Summary:
     colour: str = ""  # the planes worked on, or the seed's RGB route
     scene_cuts: str = ""  # how cuts were found (detected, off, from a file)
     cuts: list[int] = field(default_factory=list)  # input frame indices that started a shot in this run
+    resumed: int = 0  # frames restored from an interrupted run's work folder (no network time spent)
 
     @property
     def fps(self) -> float:
@@ -657,7 +658,8 @@ class Summary:
 
     @property
     def network_fps(self) -> float:
-        return self.frames / self.network_seconds if self.network_seconds > 0 else 0.0
+        ran = self.frames - self.resumed
+        return ran / self.network_seconds if self.network_seconds > 0 else 0.0
 
 
 def _resize(x: np.ndarray, size: tuple[int, int], antialias: bool = False) -> np.ndarray:
@@ -894,6 +896,7 @@ def run_upscale(source: FrameSource, runner: Runner, sink: FrameSink, opts: Upsc
         raise
     summary.seconds = time.perf_counter() - start
     summary.network_seconds = clock[0]
+    summary.resumed = min(opts.done, summary.frames)
     summary.peak_rss_mb = peak_rss_mb()
     summary.first_file, summary.last_file = source.first_name, source.last_name
     summary.scene_cuts, summary.cuts = opts.scene_cuts.describe(), list(tracker.cuts)

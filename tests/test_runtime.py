@@ -260,3 +260,11 @@ def test_pytorch_backend_matches_onnxruntime(small, tmp_path):
     assert cli([*common, "--backend", "onnxruntime", "-o", str(tmp_path / "ort")]) == 0
     for a, b in zip(_read_pngs(tmp_path / "pt", "gray16le"), _read_pngs(tmp_path / "ort", "gray16le"), strict=True):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 8  # 8 / 65535 ~ 1.2e-4
+
+
+def test_network_rate_counts_only_the_frames_the_network_ran():
+    from d3d.runtime.pipeline import Summary
+
+    assert Summary(frames=8, network_seconds=2.0).network_fps == 4.0
+    assert Summary(frames=8, network_seconds=2.0, resumed=3).network_fps == 2.5  # 5 frames in 2 s
+    assert Summary(frames=8, network_seconds=0.0, resumed=8).network_fps == 0.0

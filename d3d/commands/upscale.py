@@ -158,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
     cuts = describe_cuts(scenes, summary.cuts)
     print(
         f"done: {summary.frames} frames ({summary.first_file} .. {summary.last_file}) {iw}x{ih} -> {ow}x{oh} "
-        f"in {summary.seconds:.1f} s ({summary.fps:.2f} frames/s; network alone {summary.network_fps:.2f}) | "
+        f"in {summary.seconds:.1f} s ({summary.fps:.2f} frames/s; network alone {summary.network_fps:.2f}"
+        f"{f' on the {summary.frames - summary.resumed} it ran' if summary.resumed else ''}) | "
         f"{summary.backend} | colour: {summary.colour} | model: {summary.weights} | scene cuts: {cuts} | "
         f"peak memory {summary.peak_rss_mb:.0f} MB | wrote {'stdout' if is_pipe(args.output) else args.output}",
         file=say,
