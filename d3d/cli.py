@@ -167,7 +167,12 @@ def _report_interrupt(signum: int, exc: BaseException | None = None) -> int:
 # 128 + SIGPIPE: what a shell reports for a tool that SIGPIPE ended (`yes | head` -> 141).
 EXIT_BROKEN_PIPE = 141
 # File-system conditions, not bugs: reported as a user error naming the file (where no command did).
-_FS_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR}
+_FS_ERRNOS = {
+    errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
+    errno.ENAMETOOLONG, errno.EFBIG, errno.EMFILE,
+}  # fmt: skip
+# The machine's, not d3d's, even where the failing call named no file (a full disk inside an encoder).
+_MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def _stdout_closed() -> bool:
@@ -237,12 +242,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             # command's outputs were aborted on the way out.
             _quiet_stdout()
             return EXIT_BROKEN_PIPE
+        note = f"; {kept(exc)}" if kept(exc) else ""
         if isinstance(exc, OSError) and exc.errno in _FS_ERRNOS and exc.filename:
-            print(f"d3d: error: {exc.filename}: {reason(exc)}", file=sys.stderr)
+            print(f"d3d: error: {exc.filename}: {reason(exc)}{note}", file=sys.stderr)
+            return 1
+        if isinstance(exc, OSError) and exc.errno in _MACHINE_ERRNOS:
+            print(f"d3d: error: {reason(exc)}{note}", file=sys.stderr)
             return 1
         print(
             f"d3d: error: internal error: {type(exc).__name__}: {summary_line(exc)} "
-            "(re-run with --debug for the traceback)" + (f"; {kept(exc)}" if kept(exc) else ""),
+            f"(re-run with --debug for the traceback){note}",
             file=sys.stderr,
         )
         return 1

@@ -22,6 +22,7 @@ from d3d.errors import D3DError
 from d3d.scenecut import DEFAULT_THRESHOLD, CutDetector
 
 MODES = ("detect", "off")  # anything else names a file of cut indices
+USAGE = "--scene-cuts takes detect, off or a file of frame indices"
 SHOWN = 20  # cuts the one-line summary names (--summary-json has them all)
 
 
@@ -36,17 +37,17 @@ def read_cut_file(path: Path) -> tuple[int, ...]:
     """The frame indices in a cut list: integers separated by commas, spaces or new lines, ``#`` starting
     a comment. Sorted, without repeats; a one-line :class:`D3DError` for anything else."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8-sig")  # -sig: a byte-order mark (Notepad's) is not text
     except UnicodeDecodeError:
-        raise D3DError(f"{path}: not a text file (--scene-cuts takes detect, off or a file of frame indices)") from None
+        raise D3DError(f"{path}: not a text file ({USAGE})") from None
     except OSError as exc:
-        raise D3DError(f"{path}: cannot read the cut list ({exc.strerror or exc})") from None
+        raise D3DError(f"{path}: cannot read the cut list ({exc.strerror or exc}; {USAGE})") from None
     cuts: set[int] = set()
     for number, line in enumerate(text.splitlines(), 1):
         for token in re.split(r"[\s,]+", line.split("#", 1)[0].strip()):
             if not token:
                 continue
-            if not re.fullmatch(r"[+-]?\d+", token):
+            if not re.fullmatch(r"[+-]?[0-9]+", token):
                 raise D3DError(f"{path}:{number}: {token!r} is not a frame index (whole numbers from 0)")
             value = int(token)
             if value < 0:
@@ -75,6 +76,10 @@ class SceneCuts:
                 raise D3DError(f"--cut-threshold must be in (0, 1], got {threshold}")
         if value in MODES:
             return cls(value, threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
+        if not value.strip():
+            raise D3DError("--scene-cuts has an empty value: give detect, off or a file of frame indices")
+        if value.lower() in MODES and not Path(value).exists():
+            raise D3DError(f"--scene-cuts {value}: no such file; the keywords are lower-case: {value.lower()}")
         return cls("file", read_cut_file(Path(value)), value)
 
     def describe(self) -> str:

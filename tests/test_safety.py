@@ -303,6 +303,28 @@ def test_file_system_errors_are_user_errors_naming_the_file(work, monkeypatch, c
     msg = fails(["info", "--json"], capsys)
     assert msg == "d3d: error: /srv/shared/file: permission denied"
 
+    # A full disk inside a library call that names no file (an encoder) is the machine's state too, and
+    # what the command kept on purpose is named after it.
+    def full():
+        from d3d.errors import add_kept
+
+        exc = OSError(errno.ENOSPC, "No space left on device")
+        add_kept(exc, "3 of 8 frames done and kept in .out.d3d-work: rerun with --resume to continue")
+        raise exc
+
+    monkeypatch.setattr(info, "collect", full)
+    msg = fails(["info", "--json"], capsys)
+    assert msg == (
+        "d3d: error: no space left on device; 3 of 8 frames done and kept in .out.d3d-work: rerun with "
+        "--resume to continue"
+    )
+
+    def too_long():
+        raise OSError(errno.ENAMETOOLONG, "File name too long", "/tmp/" + "a" * 300)
+
+    monkeypatch.setattr(info, "collect", too_long)
+    assert fails(["info", "--json"], capsys).endswith("a: file name too long")
+
 
 def test_version_and_help_with_defaults(capsys):
     from d3d.cli import COMMANDS, build_parser

@@ -290,6 +290,26 @@ def test_cut_file_parsing(tmp_path):
     (tmp_path / "bin").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(D3DError, match="not a text file"):
         read_cut_file(tmp_path / "bin")
+    # Saved by Notepad (a UTF-8 byte-order mark) and with Windows line ends: the same cuts.
+    f.write_bytes("\ufeff4\r\n30\r\n".encode())
+    assert read_cut_file(f) == (4, 30)
+    f.write_text("\u0664\n")  # ARABIC-INDIC DIGIT FOUR: not a frame index, however int() reads it
+    with pytest.raises(D3DError, match="is not a frame index"):
+        read_cut_file(f)
+
+
+def test_scene_cut_values_a_user_may_mistype(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(D3DError, match="the keywords are lower-case: detect"):
+        SceneCuts.parse("Detect")
+    with pytest.raises(D3DError, match="the keywords are lower-case: off"):
+        SceneCuts.parse("OFF")
+    with pytest.raises(D3DError, match=r"detetc: cannot read the cut list \(.*--scene-cuts takes detect, off"):
+        SceneCuts.parse("detetc")
+    with pytest.raises(D3DError, match="--scene-cuts has an empty value"):
+        SceneCuts.parse("")
+    (tmp_path / "OFF").write_text("3\n")  # a file that happens to be called so is still read
+    assert SceneCuts.parse("OFF").cuts == (3,)
 
 
 def test_trackers_off_file_and_start():
