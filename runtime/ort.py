@@ -18,7 +18,7 @@ from d3d.errors import D3DError, summary_line
 from d3d.export.schema import DOMAIN
 from d3d.native_libs import ORT_OPS, ort_ops_library
 
-BUILD_HINT = "build it with `make cpp-test` (or cmake -DD3D_ORT_INCLUDE_DIR=<onnxruntime headers>), or set D3D_ORT_OPS"
+BUILD_HINT = "build it with `make native` (or cmake -DD3D_ORT_INCLUDE_DIR=<onnxruntime headers>), or set D3D_ORT_OPS"
 
 
 def ops_library() -> Path:

@@ -62,7 +62,7 @@ def _run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 def test_installed_copy_upscales_and_keys_its_cache_on_its_own_code(installed, tmp_path, tiny_checkpoint):
     if not (build_dir() / ORT_OPS.subdir / ORT_OPS.filename).is_file():
-        pytest.skip(f"{ORT_OPS.filename} is not built (make cpp-test, with ../shared's ONNX Runtime headers)")
+        pytest.skip(f"{ORT_OPS.filename} is not built (make native, with ../shared's ONNX Runtime headers)")
     venv, target_site = installed
     py, d3d_exe = venv / "bin" / "python", venv / "bin" / "d3d"
     # A private cache for the ONNX export; the compiled PyTorch op is shared (same sources, same key).

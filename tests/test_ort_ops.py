@@ -29,7 +29,7 @@ from d3d.runtime.ort import create_session
 LIB = ort_ops_library()
 pytestmark = pytest.mark.skipif(
     LIB is None,
-    reason="libd3d_ort_ops.so not built (make cpp-test with ../shared/third_party's ONNX Runtime headers)",
+    reason="libd3d_ort_ops.so not built (make native with ../shared/third_party's ONNX Runtime headers)",
 )
 
 
