@@ -599,7 +599,7 @@ def test_an_os_error_elsewhere_carries_the_kept_note(tmp_path, tiny_onnx, monkey
 def test_the_kept_note_names_the_flags_needed(tmp_path, tiny_onnx, capsys, monkeypatch):
     """An --overwrite run of an existing output needs --overwrite again to resume: the note says so, and
     that command continues it. A --resume interrupted while the model loads still keeps the frames."""
-    from d3d.commands import upscale
+    import d3d.runtime.backends as backends
 
     monkeypatch.chdir(tmp_path)
     write_frames(tmp_path / "frames", 6, size=(32, 32))
@@ -608,14 +608,14 @@ def test_the_kept_note_names_the_flags_needed(tmp_path, tiny_onnx, capsys, monke
     line = _kept_run(tmp_path, tiny_onnx, "out", 4, monkeypatch, capsys, "--overwrite")
     assert line.endswith("3 of 6 frames done and kept in .out.d3d-work: rerun with --resume --overwrite to continue")
 
-    real = upscale._run
-    monkeypatch.setattr(upscale, "_run", lambda *a: (_ for _ in ()).throw(Interrupted(signal.SIGINT)))
+    real = backends.create_runner  # an interrupt while the model loads, before the work folder is touched
+    monkeypatch.setattr(backends, "create_runner", lambda *a: (_ for _ in ()).throw(Interrupted(signal.SIGINT)))
     assert cli(_args(tiny_onnx, "frames", "out", "--resume", "--overwrite")) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "d3d: interrupted (SIGINT); 3 of 6 frames done and kept in .out.d3d-work: rerun with --resume --overwrite "
         "to continue"
     )
-    monkeypatch.setattr(upscale, "_run", real)
+    monkeypatch.setattr(backends, "create_runner", real)
     assert cli(_args(tiny_onnx, "frames", "out", "--resume", "--overwrite")) == 0
     assert snapshot(tmp_path / "out") == snapshot(tmp_path / "ref")
 
