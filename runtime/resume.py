@@ -236,7 +236,7 @@ class WorkFolder:
                 self.bad = f"{FRAMES}/{name} is missing"
                 break
             if _sha256(path) != recorded[name]:
-                self.bad = f"{FRAMES}/{name} is not the frame that was written (changed or damaged)"
+                self.bad = f"{FRAMES}/{name} was changed or damaged since it was written"
                 break
             n += 1
         return n

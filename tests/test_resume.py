@@ -405,8 +405,8 @@ def _kept_run(tmp_path, model, out: str, k: int, monkeypatch, capsys, *extra: st
     return lines[0]
 
 
-@pytest.mark.parametrize("out", ["out", "out.mkv"])
-def test_damaged_kept_frames_are_recomputed(tmp_path, tiny_onnx, capsys, monkeypatch, out):
+@pytest.mark.parametrize("out, damage", [("out", "truncated"), ("out.mkv", "replaced"), ("out.mkv", "missing")])
+def test_damaged_kept_frames_are_recomputed(tmp_path, tiny_onnx, capsys, monkeypatch, out, damage):
     """A kept frame whose file no longer has the sha256 recorded when it was written (truncated, or a
     valid file with other content) is not used: the network recomputes from it, and the output equals an
     uninterrupted run's. A torn last log line (a kill while appending) is ignored."""
@@ -419,20 +419,21 @@ def test_damaged_kept_frames_are_recomputed(tmp_path, tiny_onnx, capsys, monkeyp
     work = tmp_path / WORK.format(Path(out).suffix)
     log = work / "frames.sha256"
     assert len(log.read_text().splitlines()) == 4
-    if out == "out":
-        bad = work / "frames" / "frame_000002.png"
-        bad.write_bytes(bad.read_bytes()[:40])  # truncated
-    else:
-        bad = work / "frames" / "000002.npz"
+    bad = work / "frames" / ("frame_000002.png" if out == "out" else "000002.npz")
+    if damage == "truncated":
+        bad.write_bytes(bad.read_bytes()[:40])
+    elif damage == "replaced":
         np.savez_compressed(bad, rgb=np.zeros((10, 10, 3), np.uint8))  # readable, but not the frame written
+    else:
+        bad.unlink()
     with log.open("a") as f:
         f.write("000003.npz 12ab")  # torn: no newline
     assert cli(_args(tiny_onnx, "frames", out, *extra, "--resume")) == 0
     said = capsys.readouterr().out
+    why = "is missing" if damage == "missing" else "was changed or damaged since it was written"
     assert (
-        f"resume: 2 of 6 frames already done in {work.name} (frames/{bad.name} is not the frame that was "
-        "written (changed or damaged): the network recomputes from there); the network continues from input "
-        "frame 2" in said
+        f"resume: 2 of 6 frames already done in {work.name} (frames/{bad.name} {why}: the network recomputes "
+        "from there); the network continues from input frame 2" in said
     ), said
     assert not work.exists()
     if out == "out":
