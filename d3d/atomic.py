@@ -17,13 +17,16 @@ def _umask() -> int:
 
 class AtomicFile:
     """A temporary sibling of ``path`` (same suffix, so format-by-extension writers work) that
-    ``commit`` renames onto ``path`` with the usual permissions, and ``abort`` deletes."""
+    ``commit`` renames onto ``path`` with the usual permissions, and ``abort`` deletes. ``tmp_dir``: where
+    the temporary file goes instead (a folder on the same file system, e.g. a resumable run's work folder,
+    which contains it if the process is killed)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], tmp_dir: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        where = self.path.parent if tmp_dir is None else Path(tmp_dir)
         # 0600 until commit; the suffix is kept so format-by-extension writers work.
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=self.path.suffix)
+        fd, tmp = tempfile.mkstemp(dir=where, prefix=f".{self.path.stem}.", suffix=self.path.suffix)
         os.close(fd)
         self.tmp = Path(tmp)
 

@@ -404,11 +404,12 @@ class VideoSink(FrameSink):
         crf: int = 18,
         codec: str = "libx264",
         copies: Iterable[Copy] = (),
+        tmp_dir: Path | None = None,
     ) -> None:
         import av
 
         self.pipe = is_pipe(path)
-        self._file = None if self.pipe else AtomicFile(path)
+        self._file = None if self.pipe else AtomicFile(path, tmp_dir)
         self._closed = False
         try:
             self._container = open_pipe_output() if self.pipe else av.open(str(self._file.tmp), "w")
@@ -607,13 +608,15 @@ def open_sink(
     codec: str = "libx264",
     copies: Iterable[Copy] = (),
     size: tuple[int, int] | None = None,
+    tmp_dir: Path | None = None,
 ) -> FrameSink:
     """The sink for ``path``: a video file, ``-`` (y4m on stdout) or a PNG folder. ``size``: the output
-    (height, width) where known."""
+    (height, width) where known; ``tmp_dir``: where a video file is encoded until its commit (default:
+    beside ``path``)."""
     check_sink(path, y16, overwrite, inputs)
     try:
         if is_pipe(path) or path.suffix.lower() in VIDEO_EXTENSIONS:
-            return VideoSink(path, source, size, crf, codec, copies)
+            return VideoSink(path, source, size, crf, codec, copies, tmp_dir)
         return PngFolderSink(path, y16)
     except OSError as exc:
         raise D3DError(f"{path}: cannot write ({exc.strerror or exc})") from None

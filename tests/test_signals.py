@@ -60,6 +60,7 @@ def _check_left(tmp_path: Path, before: dict, err: str, sig: int, total: int = 8
         return 0
     kept = len([p for p in (tmp_path / work / "frames").iterdir() if not p.name.startswith(".")])
     assert 1 <= kept <= total
+    assert not [p.name for p in (tmp_path / work).iterdir() if p.name.startswith(".")]  # no temporary video
     assert line == (
         f"d3d: interrupted ({name}); {kept} of {total} frames done and kept in {work}: rerun with --resume to continue"
     )
@@ -126,7 +127,7 @@ def test_interrupt_while_encoding_a_video(tmp_path, slow_checkpoint):
     cmd = [sys.executable, "-m", "d3d.cli", "upscale", "frames", "--checkpoint", str(slow_checkpoint), "--backend",
            "onnxruntime", "-o", "out.mp4", "-q", "--no-estimate"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: any(tmp_path.glob(".out.*.mp4")), proc)
+    _wait_for(lambda: any(tmp_path.glob(".out.mp4.d3d-work/.out.*.mp4")), proc)  # encoded in the work folder
     time.sleep(0.5)
     rc, err, seconds = _interrupt(proc, signal.SIGTERM)
     assert rc == 143, err

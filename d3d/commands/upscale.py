@@ -87,17 +87,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue an interrupted run of this output from its last completed frame (frames are kept in "
         ".<output name>.d3d-work beside the output until it is written; --overwrite without --resume discards "
         "them); refused in one line where a setting or the model differs; with no interrupted run, starts "
-        "from the first frame",
+        "from the first frame; a pipe (-) in or out runs without a work folder (it cannot be resumed)",
     )
     out.add_argument("--summary-json", type=Path, help="also write the summary as JSON")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from d3d.errors import D3DError, add_kept
-    from d3d.outputs import check_target, write_output
-    from d3d.runtime.backends import choose_backend, create_runner
-    from d3d.runtime.pipeline import check_sink, open_source, plan_streams
+    from d3d.errors import D3DError
+    from d3d.outputs import write_output
+    from d3d.runtime.backends import choose_backend
+    from d3d.runtime.pipeline import check_sink
     from d3d.runtime.scenes import SceneCuts, describe_cuts
     from d3d.samples import sample_clip
 
@@ -118,41 +118,14 @@ def run(args: argparse.Namespace) -> int:
     inputs = (path, source_model.path, args.plugin, Path(scenes.path) if scenes.path else None)
     check_sink(args.output, args.y_only, args.overwrite, inputs)
     work = _work_folder(args, path, inputs)
-    if is_pipe(path) and sys.stdin.isatty():
-        raise D3DError("input - reads a y4m stream from stdin: pipe one in (`ffmpeg ... -f yuv4mpegpipe - | d3d ...`)")
-    if args.summary_json:
-        check_target(args.summary_json, inputs=inputs, overwrite=args.overwrite, what="--summary-json")
-        if not is_pipe(args.output) and Path(args.summary_json).resolve() == Path(args.output).resolve():
-            raise D3DError(f"{args.summary_json}: --summary-json and --output are the same path")
-    # With a y4m stream on stdout, every message goes to stderr.
-    say = sys.stderr if is_pipe(args.output) else sys.stdout
-    source = open_source(path, args.start, args.max_frames)
+    # From the claim on, every way out says what the work folder keeps (kept frames survive a failure at
+    # any point, model loading included) and which flags continue the run.
     try:
-        copies = plan_streams(args.output, source, args.drop_unsupported_streams)
-        if source.size is not None:
-            h, w = source.size
-            lr = (h // args.downscale, w // args.downscale)
-            if min(lr) < 1:
-                raise D3DError(f"--downscale {args.downscale} is larger than the {w}x{h} frames of {path}")
-        else:
-            lr = None
-
-        runner = create_runner(backend, source_model, options)
-        try:
-            summary = _run(
-                args, path, source, source_model, backend.name, runner, lr, inputs, copies, say, scenes, work
-            )
-        except BaseException as exc:
-            if work is not None and work.kept:  # the one line the CLI prints says how to continue
-                done = _frames(work.kept, source.total)
-                add_kept(exc, f"{done} done and kept in {work.path}: rerun with --resume to continue")
-            elif work is not None and work.committed:  # a signal taken once the commit was done
-                add_kept(exc, f"{args.output} was complete and is written")
-            raise
-        finally:
-            runner.close()  # release the backend's threads before any exit, interrupted or not
-    finally:
-        source.close()
+        summary, say = _checked_run(args, path, source_model, backend, options, scenes, inputs, work)
+    except BaseException as exc:
+        if work is not None:
+            _kept_note(exc, args, work)
+        raise
     summary.weights = source_model.describe()
     (iw, ih), (ow, oh) = summary.input_size, summary.output_size
     cuts = describe_cuts(scenes, summary.cuts)
@@ -175,6 +148,64 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checked_run(args, path, source_model, backend, options, scenes, inputs, work):
+    """The rest of the checks, then the run: (summary, the stream messages go to)."""
+    from d3d.errors import D3DError
+    from d3d.outputs import check_target
+    from d3d.runtime.backends import create_runner
+    from d3d.runtime.pipeline import open_source, plan_streams
+
+    if is_pipe(path) and sys.stdin.isatty():
+        raise D3DError("input - reads a y4m stream from stdin: pipe one in (`ffmpeg ... -f yuv4mpegpipe - | d3d ...`)")
+    if args.summary_json:
+        check_target(args.summary_json, inputs=inputs, overwrite=args.overwrite, what="--summary-json")
+        if not is_pipe(args.output) and Path(args.summary_json).resolve() == Path(args.output).resolve():
+            raise D3DError(f"{args.summary_json}: --summary-json and --output are the same path")
+    # With a y4m stream on stdout, every message goes to stderr.
+    say = sys.stderr if is_pipe(args.output) else sys.stdout
+    source = open_source(path, args.start, args.max_frames)
+    try:
+        if work is not None:
+            work.total = source.total
+        copies = plan_streams(args.output, source, args.drop_unsupported_streams)
+        if source.size is not None:
+            h, w = source.size
+            lr = (h // args.downscale, w // args.downscale)
+            if min(lr) < 1:
+                raise D3DError(f"--downscale {args.downscale} is larger than the {w}x{h} frames of {path}")
+        else:
+            lr = None
+
+        runner = create_runner(backend, source_model, options)
+        try:
+            summary = _run(
+                args, path, source, source_model, backend.name, runner, lr, inputs, copies, say, scenes, work
+            )
+        finally:
+            runner.close()  # release the backend's threads before any exit, interrupted or not
+    finally:
+        source.close()
+    return summary, say
+
+
+def _kept_note(exc: BaseException, args, work) -> None:
+    """Attaches to ``exc`` what the work folder keeps, for the CLI's one line: the frames and the flags
+    that continue the run (--overwrite too where the output exists by now, as a resume needs it then)."""
+    from d3d.errors import add_kept
+    from d3d.runtime.resume import SettingsDiffer
+
+    if isinstance(exc, SettingsDiffer):  # its own line says what to do; continuing is what it refused
+        return
+    if work.committed:  # a signal taken once the commit was done
+        add_kept(exc, f"{args.output} was complete and is written")
+    elif work.complete and work.path.is_dir():
+        output = Path(args.output)
+        flags = "--resume --overwrite" if output.exists() or output.is_symlink() else "--resume"
+        add_kept(
+            exc, f"{_frames(work.complete, work.total)} done and kept in {work.path}: rerun with {flags} to continue"
+        )
+
+
 def _frames(n: int, total: int | None) -> str:
     """``3 of 8 frames``, or ``3 frames`` where the input does not say how many it has."""
     return f"{n} of {total} frames" if total else f"{n} frame{'' if n == 1 else 's'}"
@@ -183,14 +214,14 @@ def _frames(n: int, total: int | None) -> str:
 def _work_folder(args, path: Path, inputs):
     """The work folder that makes the run resumable (None for a y4m pipe in or out), checked before any
     slow work: an earlier run's frames are refused without --resume or --overwrite."""
-    from d3d.errors import D3DError
     from d3d.runtime.pipeline import VIDEO_EXTENSIONS
     from d3d.runtime.resume import WorkFolder
 
     if is_pipe(args.output) or is_pipe(path):
-        if args.resume:
+        if args.resume:  # a script may always pass --resume: a pipe's run simply cannot be continued
             where = "output - (stdout)" if is_pipe(args.output) else "input - (stdin)"
-            raise D3DError(f"--resume needs a file or folder as input and output, not the {where}")
+            print(f"resume: the {where} is a pipe, which cannot be resumed: running without a work folder",
+                  file=sys.stderr)  # fmt: skip
         return None
     png = args.output.suffix.lower() not in VIDEO_EXTENSIONS
     work = WorkFolder(args.output, png=png, y16=args.y_only)
@@ -205,23 +236,31 @@ def _run(args, path, source, source_model, backend_name: str, runner, lr, inputs
     from d3d.errors import D3DError
     from d3d.runtime.estimate import estimate_run
     from d3d.runtime.pipeline import UpscaleOptions, open_sink, run_upscale
-    from d3d.runtime.resume import ResumableSink, fingerprint
+    from d3d.runtime.resume import ResumableSink, fingerprint, input_listing
 
     print(f"input: {'stdin (y4m)' if is_pipe(path) else path} | backend: {runner.describe()} | "
           f"model: {source_model.describe()}", file=say)  # fmt: skip
     done = 0  # frames kept by an interrupted run (--resume): no network for them
     if work is not None:
         settings = fingerprint(args, path, source.plane_format, source_model, runner, scenes)
-        work.check_settings(settings)
+        listing = input_listing(path)
+        work.check_settings(settings, listing)
+        bad = f" ({work.bad}: the network recomputes from there)" if work.bad else ""
         if work.resuming:
-            print(f"resume: {_frames(work.done, source.total)} already done in {work.path}; the network "
-                  f"continues from frame {work.done}", file=say)  # fmt: skip
             done = work.done
+            if source.total is not None and done >= source.total:
+                rest = "nothing left for the network"
+            else:  # in the input's numbering, as --start and the scene cuts count
+                rest = f"the network continues from input frame {args.start + done}"
+            print(f"resume: {_frames(done, source.total)} already done in {work.path}{bad}; {rest}", file=say)
+        elif args.resume and work.bad:
+            print(f"resume: no usable frame in {work.path}{bad}: starting from the first frame", file=say)
         elif args.resume:
             print(f"resume: no interrupted run of {args.output} to continue: starting from the first frame", file=say)
     if lr is not None:
         runner.check_frame_size(*lr)
-        if not args.no_estimate:
+        all_kept = source.total is not None and done >= source.total  # no network time to estimate
+        if not args.no_estimate and not all_kept:
             est = estimate_run(runner, lr, args.tile, args.tile_overlap)
             avail = f"{est.available_mb:.0f} MB available" if est.available_mb is not None else "available unknown"
             print(
@@ -239,18 +278,26 @@ def _run(args, path, source, source_model, backend_name: str, runner, lr, inputs
     scale = runner.config.scale
     size = (lr[0] * scale, lr[1] * scale) if lr is not None else None
     sink = None  # PNG frames of a resumable run go into the work folder, then become the output
-    if work is None or not work.png:
-        sink = open_sink(args.output, source, y16=args.y_only, overwrite=args.overwrite, crf=args.crf,
-                         inputs=inputs, codec=args.codec, copies=copies, size=size)  # fmt: skip
     if work is not None:
         try:
-            work.start(settings)
+            work.start(settings, listing)
         except BaseException as exc:
-            if sink is not None:
-                sink.abort()
+            work.release()
             if isinstance(exc, OSError):
                 raise D3DError(f"{work.path}: cannot write the work folder ({exc.strerror or exc})") from None
             raise
+    if work is None or not work.png:
+        # A video being encoded stays inside the work folder until its commit: a killed run leaves it
+        # there, where the next run of this output removes it.
+        try:
+            sink = open_sink(args.output, source, y16=args.y_only, overwrite=args.overwrite, crf=args.crf,
+                             inputs=inputs, codec=args.codec, copies=copies, size=size,
+                             tmp_dir=None if work is None else work.path)  # fmt: skip
+        except BaseException:
+            if work is not None:
+                work.release()
+            raise
+    if work is not None:
         sink = ResumableSink(work, sink, source.plane_format)
     opts = UpscaleOptions(args.tile, args.tile_overlap, args.downscale, args.y_only, overlap=not args.serial,
                           scene_cuts=scenes, done=done)  # fmt: skip
