@@ -182,9 +182,12 @@ def _decoded(path: Path) -> dict:
 
 
 def _x264_uses_avx512() -> bool:
-    """libx264's AVX-512 code (used where the CPU has it) does not reproduce its bitstream run to run
-    (measured here, PyAV 18.1's libx264, CRF with mb-tree: two uninterrupted runs of the same frames
-    decode differently; with its AVX2 code they do not). There only the encoder's input is compared."""
+    """libx264's AVX-512 code (used where the CPU has it) does not always reproduce its bitstream for the
+    same frames (measured here, PyAV 18.1's libx264, CRF with mb-tree: of three uninterrupted runs in one
+    process the second decoded differently, and a resumed run, one process per run, differed from the
+    uninterrupted one although the encoder was handed identical frames; separate uninterrupted
+    processes agreed 3 of 3; with its AVX2 code the variation goes). There only the encoder's input is
+    compared."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
