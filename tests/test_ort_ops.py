@@ -147,7 +147,7 @@ def test_missing_library_is_a_one_line_error(tmp_path, monkeypatch):
     proto = _node_model(
         _attrs((1, 1, 1), (1, 1, 1), (1, 1, 1), 1, 1, "HW"), np.zeros((2, 2, 3, 3, 3), np.float32), None
     )
-    with pytest.raises(D3DError, match=r"libd3d_ort_ops\.so was not found; build it with `make cpp-test`"):
+    with pytest.raises(D3DError, match=r"libd3d_ort_ops\.so was not found; build it with `make native`"):
         create_session(proto)
 
 
