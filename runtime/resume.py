@@ -38,6 +38,7 @@ import numpy as np
 import d3d
 from d3d.atomic import AtomicDir, atomic_write
 from d3d.errors import D3DError
+from d3d.export.exporter import file_sha256
 from d3d.outputs import check_location, write_manifest
 from d3d.runtime.pipeline import VIDEO_EXTENSIONS, FrameSink, OutFrame, write_png_frame
 from d3d.runtime.scenes import SceneCuts
@@ -68,15 +69,6 @@ def work_path(output: Path) -> Path:
     return output.parent / f".{output.name}.d3d-work"
 
 
-def _sha256(path: Path) -> str:
-    """The sha256 of a whole file, read in 1 MiB blocks (memory stays flat for any size)."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def input_listing(path: Path) -> dict[str, str] | None:
     """A frame folder's files: name -> "size mtime" (None for a file). Kept beside the settings so that a
     changed folder can be refused naming the file that differs."""
@@ -90,22 +82,29 @@ def input_listing(path: Path) -> dict[str, str] | None:
     return out
 
 
-def _input_identity(path: Path) -> str:
+def _input_identity(path: Path, listing: dict[str, str] | None = None) -> str:
     """A file: its size and the sha256 of all of it (a copy or a move keeps it, any edit does not; reading
     the whole input costs ~0.5 s per GB here). A frame folder: the name, size and modification time of
-    every file in it."""
-    listing = input_listing(path)
+    every file in it (``listing``, where the caller has it already)."""
+    listing = listing if listing is not None else input_listing(path)
     if listing is not None:
         h = hashlib.sha256("".join(f"{k}\0{v}\n" for k, v in listing.items()).encode())
         return f"folder {h.hexdigest()[:16]}"
-    return f"{path.stat().st_size} bytes sha256 {_sha256(path)}"
+    return f"{path.stat().st_size} bytes sha256 {file_sha256(path)}"
 
 
 def fingerprint(
-    args, input_path: Path, plane_format: PlaneFormat | None, model, runner, scenes: SceneCuts | None = None
+    args,
+    input_path: Path,
+    plane_format: PlaneFormat | None,
+    model,
+    runner,
+    scenes: SceneCuts | None = None,
+    listing: dict[str, str] | None = None,
 ) -> dict[str, object]:
-    """Every setting that shapes the output frames, from the parsed ``d3d upscale`` arguments, the input,
-    its plane format, the model source, the runner and the scene cuts: a resume must match it exactly."""
+    """Every setting that shapes the output frames, from the parsed ``d3d upscale`` arguments, the input
+    (``listing``: its :func:`input_listing`, where the caller has it), its plane format, the model source,
+    the runner and the scene cuts: a resume must match it exactly."""
     video = args.output.suffix.lower() in VIDEO_EXTENSIONS
     return {
         "work format": WORK_FORMAT,
@@ -113,7 +112,7 @@ def fingerprint(
         "model": model.describe() if model.kind == "random" else f"{model.kind} sha256 {model.sha256}",
         "model config": runner.config.as_dict(),
         "backend": runner.describe(),  # name, device and precision: each changes the numbers
-        "input": _input_identity(input_path),
+        "input": _input_identity(input_path, listing),
         "--start": args.start,
         "--max-frames": args.max_frames,
         "--downscale": args.downscale,
@@ -235,7 +234,7 @@ class WorkFolder:
             if not path.is_file():
                 self.bad = f"{FRAMES}/{name} is missing"
                 break
-            if _sha256(path) != recorded[name]:
+            if file_sha256(path) != recorded[name]:
                 self.bad = f"{FRAMES}/{name} was changed or damaged since it was written"
                 break
             n += 1
@@ -332,7 +331,7 @@ class WorkFolder:
                     np.savez_compressed(f, **arrays)
             with tmp.open("rb+") as f:
                 os.fsync(f.fileno())
-            digest = _sha256(tmp)
+            digest = file_sha256(tmp)
             os.replace(tmp, self.frames / name)
             with (self.path / LOG).open("a") as f:
                 f.write(f"{name} {digest}\n")

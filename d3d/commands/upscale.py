@@ -242,8 +242,8 @@ def _run(args, path, source, source_model, backend_name: str, runner, lr, inputs
           f"model: {source_model.describe()}", file=say)  # fmt: skip
     done = 0  # frames kept by an interrupted run (--resume): no network for them
     if work is not None:
-        settings = fingerprint(args, path, source.plane_format, source_model, runner, scenes)
-        listing = input_listing(path)
+        listing = input_listing(path)  # a frame folder's files, read once
+        settings = fingerprint(args, path, source.plane_format, source_model, runner, scenes, listing)
         work.check_settings(settings, listing)
         bad = f" ({work.bad}: the network recomputes from there)" if work.bad else ""
         if work.resuming:
