@@ -42,18 +42,6 @@ class AtomicFile:
         self.tmp.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """``with atomic_write(p) as tmp: write(tmp)`` — renamed onto ``p`` only if the block succeeds."""
-    f = AtomicFile(path)
-    try:
-        yield f.tmp
-    except BaseException:
-        f.abort()
-        raise
-    f.commit()
-
-
 class AtomicDir:
     """A temporary sibling folder that ``commit`` renames onto ``path`` (replacing it) and ``abort``
     deletes. ``tmp``: an existing folder on the same file system to commit instead of a new one."""
@@ -92,12 +80,22 @@ class AtomicDir:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """``with atomic_dir(p) as tmp: fill(tmp)`` — the folder replaces ``p`` only if the block succeeds."""
-    d = AtomicDir(path)
+def _committed(kind: type[AtomicFile] | type[AtomicDir], path: str | os.PathLike[str]) -> Iterator[Path]:
+    """The temporary ``kind`` of ``path`` for the block; committed if the block succeeds, else aborted."""
+    target = kind(path)
     try:
-        yield d.tmp
+        yield target.tmp
     except BaseException:
-        d.abort()
+        target.abort()
         raise
-    d.commit()
+    target.commit()
+
+
+def atomic_write(path: str | os.PathLike[str]) -> contextlib.AbstractContextManager[Path]:
+    """``with atomic_write(p) as tmp: write(tmp)`` — renamed onto ``p`` only if the block succeeds."""
+    return _committed(AtomicFile, path)
+
+
+def atomic_dir(path: str | os.PathLike[str]) -> contextlib.AbstractContextManager[Path]:
+    """``with atomic_dir(p) as tmp: fill(tmp)`` — the folder replaces ``p`` only if the block succeeds."""
+    return _committed(AtomicDir, path)
