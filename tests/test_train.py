@@ -104,36 +104,21 @@ def test_torchrun_two_ranks_equal_one_process_on_combined_batches(septuplets, tm
     common = ["train", str(septuplets), "--nf", "4", "--d3d-blocks", "1", "--res-blocks", "1", "--patch", "4"]
     common += ["--steps", "3", "--epoch-samples", "8", "--lr-step", "1", "-q", "--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp_out = ["-o", str(tmp_path / "ddp")]
     launcher = str(torchrun) if torchrun.is_file() else "torchrun"
-    ddp = subprocess.run(
-        [launcher, "--standalone", "--nproc_per_node", "2", "-m", "d3d.cli", *common, "--batch", "2", *ddp_out],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single = subprocess.run(
-        [sys.executable, "-m", "d3d.cli", *common, "--batch", "4", "-o", str(tmp_path / "one")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
+
+    def train(*prefix: str, batch: int, out: str) -> subprocess.CompletedProcess:
+        run = subprocess.run([*prefix, "-m", "d3d.cli", *common, "--batch", str(batch), "-o", str(tmp_path / out)],
+                             env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+        return run
+
+    ddp = train(launcher, "--standalone", "--nproc_per_node", "2", batch=2, out="ddp")
+    train(sys.executable, batch=4, out="one")
     assert "2 process(es), global batch 4" in ddp.stdout
     a, b = _weights(tmp_path / "ddp" / "last.pth.tar"), _weights(tmp_path / "one" / "last.pth.tar")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
     # Each rank drew its own shard: one rank on its half alone would not give these weights.
-    half = subprocess.run(
-        [sys.executable, "-m", "d3d.cli", *common, "--batch", "2", "-o", str(tmp_path / "half")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert half.returncode == 0, half.stderr[-3000:]
+    train(sys.executable, batch=2, out="half")
     c = _weights(tmp_path / "half" / "last.pth.tar")
     assert any(not torch.allclose(a[k], c[k], rtol=1e-5, atol=1e-6) for k in a)
