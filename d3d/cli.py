@@ -10,19 +10,34 @@ and the commands print.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import errno
-import importlib
-import logging
+# Interrupts first, before any other import: from here on a Ctrl-C or SIGTERM is one line and 130/143.
+# Only where this module is the process's entry point (the `d3d` executable, `python -m d3d.cli`):
+# importing d3d, or this module, as a library never touches signal handlers. Until console_main takes
+# over (a few milliseconds: this module's own imports), a signal is only noted, then taken there.
 import os
 import signal
 import sys
-import threading
-import traceback
-from collections.abc import Callable, Iterator, Sequence
 
-from d3d.errors import D3DError, Interrupted, kept, reason, summary_line
+_early_signals: list[int] = []
+_IS_ENTRY_POINT = __name__ == "__main__" or os.path.basename(sys.argv[0] if sys.argv else "") == "d3d"
+if _IS_ENTRY_POINT:
+    for _sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_sig, lambda signum, frame: _early_signals.append(signum))
+
+import argparse  # noqa: E402 - after the handlers, on purpose
+import contextlib  # noqa: E402
+import errno  # noqa: E402
+import importlib  # noqa: E402
+import logging  # noqa: E402
+import threading  # noqa: E402
+import traceback  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence  # noqa: E402
+
+from d3d import probes  # noqa: E402
+from d3d.errors import D3DError, Interrupted, kept, reason, summary_line  # noqa: E402
+
+if _IS_ENTRY_POINT:
+    probes.reached("signals deferred")  # a signal now is noted, and taken once console_main starts
 
 # name -> (module, help); modules are imported only when their command runs, so `d3d --help` is fast.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -197,13 +212,64 @@ def _quiet_stdout() -> None:
         pass
 
 
+class _MessagesStdout:
+    """Standard output for a command whose product is not stdout (a file, an engine, a run folder): once its
+    reader goes away (``... | head -1``), later messages are dropped and the run goes on to write its product
+    (a log reader closing early must not cost the run)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self.closed_by_reader = False
+
+    def _call(self, name: str, *args):
+        if self.closed_by_reader:
+            return len(args[0]) if args else None
+        try:
+            return getattr(self._stream, name)(*args)
+        except BrokenPipeError:
+            self.closed_by_reader = True
+            _quiet_stdout()  # what the stream still buffers now flushes into /dev/null
+            return len(args[0]) if args else None
+
+    def write(self, text: str) -> int:
+        return self._call("write", text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _stdout_for(module, args: argparse.Namespace) -> Iterator[None]:
+    """A command declares ``product_on_stdout(args)`` where its product is stdout (``info``, ``cache list``,
+    ``upscale -o -``): a closed stdout then ends it quietly with 141. Every other run keeps going."""
+    on_stdout = getattr(module, "product_on_stdout", None)
+    if on_stdout is not None and on_stdout(args):
+        yield
+        return
+    previous = sys.stdout
+    sys.stdout = _MessagesStdout(previous)
+    try:
+        yield
+    finally:
+        sys.stdout = previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser, subparsers = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     # Let the chosen command add its own arguments before parsing.
     chosen = next((a for a in argv if not a.startswith("-")), None)
     run: Callable[[argparse.Namespace], int] | None = None
+    module = None
     if chosen in COMMANDS:
+        probes.reached(f"command {chosen}")
         module = importlib.import_module(COMMANDS[chosen][0])
         module.add_arguments(subparsers[chosen])
         run = module.run
@@ -218,8 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     debug = bool(args.debug)
+    if _IS_ENTRY_POINT and _received:  # an interrupt during the command's imports that a library swallowed
+        return _report_interrupt(_received[0])
     try:
-        with _signals_raise(), _log_to_stderr(debug):
+        with _signals_raise(), _log_to_stderr(debug), _stdout_for(module, args):
             return int(run(args) or 0)
     except (Interrupted, KeyboardInterrupt) as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
@@ -257,16 +325,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _install_process_handlers() -> None:
+    """For the whole process: SIGINT/SIGTERM raise :class:`Interrupted` (what :func:`main` does around the
+    command, extended to the command's imports, where torch's alone takes seconds)."""
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _received.append(signum)
+        raise Interrupted(signum)
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, handler)
+
+
 def console_main() -> None:
     """The ``d3d`` executable. After an interrupt, the outputs are already cleaned up when :func:`main`
     returns; the process then ends without interpreter finalization, where freeing an ONNX Runtime
     session whose run was stopped mid-graph can abort the process (observed with the
     onnxruntime-extensions op bridge) and turn exit 130 into a crash."""
     try:
+        _install_process_handlers()
+        probes.reached("signals")
+        if _early_signals:  # arrived while this module was still being imported
+            raise Interrupted(_early_signals[0])
         rc = main()
-    except KeyboardInterrupt:  # before main's own handling is in place (the command's imports)
-        print("d3d: interrupted (SIGINT)", file=sys.stderr)
-        rc = 128 + signal.SIGINT
+    except (Interrupted, KeyboardInterrupt) as exc:  # before main's own handling (the command's imports)
+        rc = _report_interrupt(exc.signum if isinstance(exc, Interrupted) else signal.SIGINT, exc)
+    except BaseException as exc:
+        if not _received:  # a real error outside main's own handling: Python's report
+            raise
+        rc = _report_interrupt(_received[0], exc)  # an interrupt inside an import can surface as another error
     if rc in (128 + signal.SIGINT, 128 + signal.SIGTERM):
         sys.stdout.flush()
         sys.stderr.flush()

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from d3d import probes
 from d3d.atomic import AtomicDir, AtomicFile
 from d3d.color import rgb_to_ycbcr, ycbcr_to_rgb
 from d3d.errors import D3DError, reason
@@ -757,6 +758,7 @@ def _network(items: Iterable[InFrame | object], runner: Runner, opts: UpscaleOpt
             return ring[i % t], None
         # Clamped to the shot, every index is in [i - half, i + half]: none older than the ring holds.
         slots = [j % t for j in window_indices(i, half, first, last)]
+        probes.reached(f"network {i}")
         t0 = time.perf_counter()
         if opts.tile:
             window = np.stack([ring[s].y for s in slots], axis=1)[None]

@@ -22,7 +22,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import snapshot, write_frames
+from conftest import Probed, snapshot, write_frames
 
 from d3d import D3Dnet
 from d3d.cli import main as cli
@@ -61,20 +61,19 @@ def _frames_in(work: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
 
 
+HELD_AT = 4  # the interrupted run is held before it computes this frame, so it has kept exactly this many
+
+
 def _interrupted_run(cwd: Path, args: list[str], work: Path) -> tuple[int, str]:
-    """Starts `d3d upscale` in a subprocess, sends SIGINT once the work folder holds a completed frame
-    (polled, not slept), and returns (frames kept, stderr's last line)."""
-    proc = subprocess.Popen([sys.executable, "-m", "d3d.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
-    t0 = time.monotonic()
-    while not _frames_in(work):
-        if proc.poll() is not None:
-            raise AssertionError(f"exited early ({proc.returncode}): {proc.stderr.read()}")
-        assert time.monotonic() - t0 < 300, "no frame was completed"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    """Runs `d3d upscale` in a subprocess held before frame HELD_AT (d3d.probes), sends SIGINT once the
+    work folder holds the HELD_AT frames before it, and returns (frames kept, stderr's last line)."""
+    run = Probed(args, cwd, hold=f"network {HELD_AT}")
+    try:
+        run.wait_for(f"held network {HELD_AT}", also=lambda: len(_frames_in(work)) == HELD_AT)
+        rc, _, err, _ = run.signal(signal.SIGINT)
+    finally:
+        run.close()
+    assert rc == 130, err
     assert "Traceback" not in err, err
     last = err.strip().splitlines()[-1]
     m = re.fullmatch(
@@ -84,7 +83,7 @@ def _interrupted_run(cwd: Path, args: list[str], work: Path) -> tuple[int, str]:
     )
     assert m, last
     kept = int(m.group(1))
-    assert 1 <= kept < N, f"the interrupt landed after the last frame ({kept} of {N}): make the model slower"
+    assert kept == HELD_AT
     assert len(_frames_in(work)) == kept
     return kept, last
 
