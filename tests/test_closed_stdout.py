@@ -14,7 +14,7 @@ import sys
 import av
 import onnx
 import pytest
-from conftest import write_frames
+from conftest import HANG_S, write_frames
 
 from d3d.cli import COMMANDS
 
@@ -26,7 +26,7 @@ def _run_with_closed_stdout(args: list[str], cwd, stdin=None) -> tuple[int, str]
     os.close(read_end)
     try:
         proc = subprocess.run([*D3D, *map(str, args)], cwd=cwd, stdout=write_end, stderr=subprocess.PIPE,
-                              stdin=stdin, text=True, timeout=600)  # fmt: skip
+                              stdin=stdin, text=True, timeout=HANG_S)  # fmt: skip
     finally:
         os.close(write_end)
     return proc.returncode, proc.stderr

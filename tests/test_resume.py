@@ -21,7 +21,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import Probed, snapshot, write_frames
+from conftest import HANG_S, Probed, snapshot, write_frames
 
 from d3d import D3Dnet
 from d3d.cli import main as cli
@@ -666,7 +666,7 @@ def test_resume_with_a_pipe_runs_without_a_work_folder(tmp_path, tiny_onnx):
     write_frames(tmp_path / "frames", 3, size=(32, 32))
     proc = subprocess.run(
         [sys.executable, "-m", "d3d.cli", *_args(tiny_onnx, "frames", "-", "--resume")],
-        cwd=tmp_path, capture_output=True, timeout=120,
+        cwd=tmp_path, capture_output=True, timeout=HANG_S,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(b"YUV4MPEG2")

@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from conftest import Probed, snapshot, write_frames, write_png
+from conftest import HANG_S, Probed, snapshot, write_frames, write_png
 
 from d3d.cli import main as cli
 
@@ -434,7 +434,7 @@ D3D_EXE = str(Path(sys.executable).parent / "d3d")
 
 def _d3d(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
     """The installed executable, as a user runs it (console_main: exit codes, stdout handling)."""
-    return subprocess.run([D3D_EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=120, **kw)
+    return subprocess.run([D3D_EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=HANG_S, **kw)
 
 
 def test_closed_stdout_ends_quietly_with_141(work, tiny_checkpoint):
@@ -448,14 +448,14 @@ def test_closed_stdout_ends_quietly_with_141(work, tiny_checkpoint):
     assert len(proc.stdout.read(100)) == 100
     proc.stdout.close()
     err = proc.stderr.read().decode()
-    assert proc.wait(timeout=120) == 141, err
+    assert proc.wait(timeout=HANG_S) == 141, err
     assert "error" not in err and "Traceback" not in err and "Broken pipe" not in err, err
     assert snapshot(work) == before
     # Any command whose reader went away before it printed (`d3d info | true`): the same.
     proc = subprocess.Popen([D3D_EXE, "info"], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()
     err = proc.stderr.read().decode()
-    assert proc.wait(timeout=120) == 141 and err == "", err
+    assert proc.wait(timeout=HANG_S) == 141 and err == "", err
 
 
 def test_no_command_prints_the_usage_to_stderr_and_exits_2(tmp_path):

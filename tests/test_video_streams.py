@@ -18,6 +18,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from conftest import HANG_S
 
 from d3d import D3Dnet
 from d3d.cli import main as cli
@@ -318,7 +319,7 @@ def test_y4m_pipe_in_and_out_gives_the_file_path_frames(tiny, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "d3d.cli", "upscale", "-", "-o", "-", "--onnx", str(onnx), "--no-estimate"]
     with open(y4m, "rb") as stdin:
-        proc = subprocess.run(cmd, stdin=stdin, capture_output=True, env=env, timeout=300)
+        proc = subprocess.run(cmd, stdin=stdin, capture_output=True, env=env, timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert proc.stdout.startswith(b"YUV4MPEG2 W128 H128 ")  # nothing but the stream on stdout
     assert b"done: 8 frames" in proc.stderr
