@@ -133,22 +133,23 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 _received: list[int] = []
 
 
-@contextlib.contextmanager
-def _signals_raise() -> Iterator[None]:
+def _raise_interrupt(signum, frame):
     """SIGINT/SIGTERM raise :class:`Interrupted` in the main thread; later ones are ignored while the
     first unwinds, so the cleanup (aborting partial outputs) always completes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _received.append(signum)
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """:func:`_raise_interrupt` for the block (where this is the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handler(signum, frame):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _received.append(signum)
-        raise Interrupted(signum)
-
     _received.clear()  # main() may run more than once in a process (tests)
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
@@ -325,27 +326,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _install_process_handlers() -> None:
-    """For the whole process: SIGINT/SIGTERM raise :class:`Interrupted` (what :func:`main` does around the
-    command, extended to the command's imports, where torch's alone takes seconds)."""
-
-    def handler(signum, frame):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _received.append(signum)
-        raise Interrupted(signum)
-
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, handler)
-
-
 def console_main() -> None:
     """The ``d3d`` executable. After an interrupt, the outputs are already cleaned up when :func:`main`
     returns; the process then ends without interpreter finalization, where freeing an ONNX Runtime
     session whose run was stopped mid-graph can abort the process (observed with the
     onnxruntime-extensions op bridge) and turn exit 130 into a crash."""
     try:
-        _install_process_handlers()
+        # For the whole process, the command's imports included (torch's alone take seconds).
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, _raise_interrupt)
         probes.reached("signals")
         if _early_signals:  # arrived while this module was still being imported
             raise Interrupted(_early_signals[0])
