@@ -89,8 +89,14 @@ void check_forward(const Case& c) {
   for (size_t i = 0; i < y.size(); ++i) max_err = std::fmax(max_err, std::fabs(d3d::to_acc<float>(y[i]) - want[i]));
   const bool ok = max_err <= tolerance<T>() * scale;
   CHECK(ok, "%s %s: max |err| %.3g > %.3g", c.name, type_name<T>(), max_err, tolerance<T>() * scale);
-  std::printf("forward %-28s %s  L=%lld chunk=%lld  max|err| %.3g (max|y| %.3g)\n", c.name, type_name<T>(),
-              static_cast<long long>(L), static_cast<long long>(chunk), max_err, scale);
+  // Threads of the first chunk's launches against their work items: a ratio below 1 means the grid-stride
+  // loops wrap (the cuda_on_cpu_grid_stride build lowers the caps so that they do).
+  const d3d::launch::Grid gi = d3d::launch::im2col_grid(s, chunk), gg = d3d::launch::gemm_grid(s, chunk);
+  const double im2col_cover = double(gi.x * d3d::launch::kThreads) / double(s.offset_group * s.taps() * chunk);
+  const double gemm_cover = double(gg.y) / double(s.group * d3d::launch::gemm_out_tiles(s));
+  std::printf("forward %-22s %s L=%lld chunk=%lld grid cover im2col %.2f gemm.y %.2f  max|err| %.3g (max|y| %.3g)\n",
+              c.name, type_name<T>(), static_cast<long long>(L), static_cast<long long>(chunk), im2col_cover,
+              gemm_cover, max_err, scale);
 }
 
 // The backward kernels (im2col, col2im, offset_grad) against the CPU op's, in fp32 and fp64 sums.
@@ -138,7 +144,8 @@ int main() {
       // 3x5x7 output, 34-column chunks: the GEMM's last column tile and the last chunk are ragged.
       {"odd_3x5x7_chunked", {1, 3, 3, 5, 7}, {5, 3, 3, 3, 3}, plain, 81 * 34},
       {"stride2_dil2_n2", {2, 4, 3, 9, 11}, {17, 4, 3, 3, 3}, strided, 108 * 13},
-      {"groups_offset_groups", {1, 4, 2, 6, 5}, {6, 2, 3, 3, 3}, grouped, 54 * 29},
+      // 40 output channels in 2 groups: 4 (group, 16-channel tile) pairs, two of them ragged.
+      {"groups_offset_groups", {1, 4, 2, 6, 5}, {40, 2, 3, 3, 3}, grouped, 54 * 29},
       {"one_chunk_wide", {1, 2, 2, 7, 19}, {3, 2, 1, 3, 3}, plain, 1 << 20},
   };
   for (const Case& c : cases) {
