@@ -57,11 +57,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=Path("gpu-check"), help="folder for gpu_check.json / .md")
     ap.add_argument("--build", type=Path, default=Path("build-gpu"), help="CMake build folder (own, not build/)")
     ap.add_argument("--trt-include", type=Path, help="TensorRT headers (NvInferRuntime.h) for the plugin")
-    ap.add_argument("--cuda-arch", default="native", help="CMAKE_CUDA_ARCHITECTURES for the plugin build")
+    ap.add_argument(
+        "--cuda-arch", default="90-real", help="CMAKE_CUDA_ARCHITECTURES (default 90-real: sm_90 only, the H200)"
+    )
     ap.add_argument("--skip-build", action="store_true", help="skip the CMake build and ctest")
     ap.add_argument("--sizes", type=dims, nargs="+", default=[(180, 320), (68, 160)], help="LR sizes HxW")
     ap.add_argument("--repeat", type=int, default=20, help="timed runs per benchmark (median reported)")
     ap.add_argument("--no-network", action="store_true", help="skip the whole-network benchmark")
+    ap.add_argument(
+        "--dry-run", action="store_true", help="print the build steps and the time budget, run nothing (no GPU needed)"
+    )
     args = ap.parse_args(argv)
     if args.repeat < 1:
         ap.error("--repeat must be >= 1")
@@ -88,28 +93,72 @@ def harness_gpu_line(ctest_log: str) -> str | None:
     return "; ".join(dict.fromkeys(lines)) if lines else None
 
 
+# Seconds each part may take on the check machine (one H200, 16 cores): the whole run must fit 8 minutes.
+TIME_BUDGET_S = {
+    "CUDA op build (torch.utils.cpp_extension, sm_90)": 90,
+    "CMake build of the plugin + harness (sm_90 only) and ctest": 90,
+    "compute-sanitizer memcheck of the harness run": 45,
+    "CUDA op vs CPU op (fp32/fp16/bf16) and gradients": 30,
+    "op vs cuDNN conv3d (fp32/fp16/bf16 at each size)": 60,
+    "network per output frame (eager, CUDA graph)": 90,
+}
+TIME_LIMIT_S = 8 * 60
+
+
+def build_steps(build: Path, trt_include: Path | None, arch: str) -> list[tuple[str, list[str]]]:
+    """The CMake steps: only the CUDA kernels, and the plugin with its harness where TensorRT headers are
+    given; ctest runs the harness alone, then compute-sanitizer memcheck runs it again."""
+    args = ["-DCMAKE_BUILD_TYPE=Release", f"-DCMAKE_CUDA_ARCHITECTURES={arch}", "-DD3D_BUILD_TESTS=ON"]
+    targets = ["d3d_kernels_cuda"]
+    if trt_include is not None:
+        args.append(f"-DD3D_TENSORRT_INCLUDE_DIR={trt_include.resolve()}")
+        targets += ["d3d_trt_plugin", "test_trt_harness"]
+    jobs = str(os.cpu_count() or 2)
+    steps = [
+        ("configure", ["cmake", "-S", str(REPO), "-B", str(build), *args]),
+        ("build", ["cmake", "--build", str(build), "-j", jobs, "--target", *targets]),
+    ]
+    if trt_include is not None:
+        harness = [str(build / "test_trt_harness"), str(build / "tensorrt" / "libd3d_trt_plugin.so")]
+        steps.append(("ctest", ["ctest", "--test-dir", str(build), "--output-on-failure", "-V", "-R", "^trt_harness$"]))
+        steps.append(("memcheck", ["compute-sanitizer", "--tool", "memcheck", "--error-exitcode", "1", *harness]))
+    return steps
+
+
+def dry_run(args: argparse.Namespace) -> int:
+    """Prints what a run would build and its time budget; exit 1 if the budget exceeds the limit."""
+    print(
+        f"gpu-check --dry-run: CUDA architectures {args.cuda_arch}; LR sizes "
+        + ", ".join(f"{h}x{w}" for h, w in args.sizes)
+    )
+    for name, cmd in build_steps(args.build, args.trt_include, args.cuda_arch):
+        print(f"step {name}: {' '.join(cmd)}")
+    total = sum(TIME_BUDGET_S.values())
+    for name, sec in TIME_BUDGET_S.items():
+        print(f"budget {sec:4d} s  {name}")
+    print(f"budget total {total} s of {TIME_LIMIT_S} s")
+    return 0 if total <= TIME_LIMIT_S else 1
+
+
 def cmake_build(build: Path, trt_include: Path | None, arch: str, log_path: Path) -> dict:
     """Configures, builds and runs ctest; the plugin and its harness where TensorRT headers are given."""
     if shutil.which("cmake") is None or shutil.which("nvcc") is None:
         return {"ok": False, "error": "cmake or nvcc is not on PATH"}
-    args = ["-DCMAKE_BUILD_TYPE=Release", f"-DCMAKE_CUDA_ARCHITECTURES={arch}"]
-    if trt_include is not None:
-        args.append(f"-DD3D_TENSORRT_INCLUDE_DIR={trt_include.resolve()}")
     result: dict = {"plugin": trt_include is not None, "log": str(log_path)}
+    steps = build_steps(build, trt_include, arch)
+    if trt_include is not None and shutil.which("compute-sanitizer") is None:
+        steps = [st for st in steps if st[0] != "memcheck"]
+        result["memcheck"] = None  # reported as not run
     with open(log_path, "w") as log:
-        steps = [
-            ["cmake", "-S", str(REPO), "-B", str(build), *args],
-            ["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2)],
-            ["ctest", "--test-dir", str(build), "--output-on-failure", "-V"],
-        ]
-        for name, cmd in zip(("configure", "build", "ctest"), steps, strict=True):
+        for name, cmd in steps:
             rc = _run(cmd, log)
             result[name] = rc == 0
             if rc != 0:
                 break
     text = log_path.read_text(errors="replace")
     result["harness_gpu"] = harness_gpu_line(text)
-    result["ok"] = bool(result.get("ctest"))
+    last = steps[-1][0]
+    result["ok"] = bool(result.get(last)) and (trt_include is None or bool(result.get("ctest")))
     if trt_include is not None and result["ok"]:
         # The harness must have run enqueue on the GPU, not skipped it.
         result["ok"] = result["harness_gpu"] is not None and "NOT run" not in result["harness_gpu"]
@@ -204,7 +253,7 @@ def _median_ms(fn: Callable[[], object], repeat: int) -> float:
 
 
 def bench_op(
-    sizes: Sequence[tuple[int, int]], repeat: int, dtypes: Sequence[str] = ("float32", "float16")
+    sizes: Sequence[tuple[int, int]], repeat: int, dtypes: Sequence[str] = ("float32", "float16", "bfloat16")
 ) -> list[dict]:
     """D3Dnet's deformable layer (64 -> 64, 3x3x3, T = 7, deform HW, random offsets) vs F.conv3d (cuDNN)."""
     import torch
@@ -374,6 +423,8 @@ def environment() -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.dry_run:
+        return dry_run(args)
     import torch
 
     if not torch.cuda.is_available() or torch.version.cuda is None:
@@ -383,6 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    arch = args.cuda_arch.split("-")[0]
+    if arch.isdigit() and len(arch) >= 2:  # the CUDA op for the same architecture only (90 -> "9.0")
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", f"{arch[:-1]}.{arch[-1]}")
     from d3d.ops import deform_conv3d, ensure_native
 
     report: dict = {"environment": environment(), "errors": {}}

@@ -114,3 +114,25 @@ def test_harness_line_is_found(gc):
     assert gc.harness_gpu_line(log) == (
         "GPU: enqueue fp32 vs CPU fp64: max abs error 1e-07; GPU: enqueue fp16 vs CPU fp64: max abs error 1e-03"
     )
+
+
+def test_dry_run_prints_the_sm90_build_list_and_a_budget_within_8_minutes(tmp_path):
+    """CI's check of make gpu-check without a GPU: the build list (sm_90 only, just the targets it needs,
+    the harness under compute-sanitizer) and a time budget that fits the 8-minute limit."""
+    trt = REPO.parent / "shared" / "third_party" / "tensorrt-10.16" / "include"
+    argv = [sys.executable, str(SCRIPT), "--dry-run", "--build", str(tmp_path / "b")]
+    if (trt / "NvInferRuntime.h").is_file():
+        argv += ["--trt-include", str(trt)]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "-DCMAKE_CUDA_ARCHITECTURES=90-real" in out and "native" not in out
+    build = next(line for line in out.splitlines() if line.startswith("step build:"))
+    assert "--target d3d_kernels_cuda" in build
+    if "--trt-include" in argv:
+        assert "d3d_trt_plugin test_trt_harness" in build
+        assert "step memcheck: compute-sanitizer --tool memcheck" in out
+    total = next(line for line in out.splitlines() if line.startswith("budget total"))
+    seconds, limit = int(total.split()[2]), int(total.split()[5])
+    assert limit == 480 and 0 < seconds <= limit
+    assert not (tmp_path / "b").exists()  # nothing was built

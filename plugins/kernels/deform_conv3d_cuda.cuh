@@ -4,7 +4,13 @@
 // so the plugin library depends on no cuBLAS/cuDNN.
 #pragma once
 
+#if defined(D3D_CUDA_ON_CPU)
+#include "cuda_on_cpu.h"  // host build: D3D_LAUNCH runs the kernels on the CPU executor
+#else
 #include <cuda_runtime.h>
+// Every kernel launch of ours goes through this macro so that the host build can replace it.
+#define D3D_LAUNCH(kernel, grid, block, shmem, stream, ...) kernel<<<grid, block, shmem, stream>>>(__VA_ARGS__)
+#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -63,21 +69,22 @@ __global__ void offset_grad_kernel(DeformConv3dShape s, const scalar_t* grad_col
 template <typename scalar_t>
 void im2col(const DeformConv3dShape& s, const scalar_t* input_n, const scalar_t* offset_n, int64_t l0, int64_t lc,
             scalar_t* col, cudaStream_t stream) {
-  im2col_kernel<<<to_dim3(launch::im2col_grid(s, lc)), kThreads, 0, stream>>>(s, input_n, offset_n, l0, lc, col);
+  D3D_LAUNCH(im2col_kernel, to_dim3(launch::im2col_grid(s, lc)), kThreads, 0, stream, s, input_n, offset_n, l0, lc,
+             col);
 }
 
 template <typename scalar_t, typename acc_t>
 void col2im(const DeformConv3dShape& s, const scalar_t* grad_col, const scalar_t* offset_n, int64_t l0, int64_t lc,
             acc_t* grad_input_n, cudaStream_t stream) {
-  col2im_kernel<<<to_dim3(launch::im2col_grid(s, lc)), kThreads, 0, stream>>>(s, grad_col, offset_n, l0, lc,
-                                                                              grad_input_n);
+  D3D_LAUNCH(col2im_kernel, to_dim3(launch::im2col_grid(s, lc)), kThreads, 0, stream, s, grad_col, offset_n, l0, lc,
+             grad_input_n);
 }
 
 template <typename scalar_t>
 void offset_grad(const DeformConv3dShape& s, const scalar_t* grad_col, const scalar_t* input_n,
                  const scalar_t* offset_n, int64_t l0, int64_t lc, scalar_t* grad_offset_n, cudaStream_t stream) {
-  offset_grad_kernel<<<to_dim3(launch::im2col_grid(s, lc)), kThreads, 0, stream>>>(s, grad_col, input_n, offset_n, l0,
-                                                                                   lc, grad_offset_n);
+  D3D_LAUNCH(offset_grad_kernel, to_dim3(launch::im2col_grid(s, lc)), kThreads, 0, stream, s, grad_col, input_n,
+             offset_n, l0, lc, grad_offset_n);
 }
 
 // Grouped GEMM with bias: y_n[o, l0 + l] = bias[o] + sum_r W[o, r] * col[g*rows + r, l], fp32 accumulate.
@@ -93,6 +100,11 @@ __global__ void grouped_gemm_bias_kernel(DeformConv3dShape s, const scalar_t* we
   const int64_t opg = s.o / s.group, rows = (s.c / s.group) * s.taps();
   const int64_t otiles = launch::gemm_out_tiles(s), pairs = s.group * otiles;
   const int64_t ci = int64_t(blockIdx.x) * kTile + threadIdx.x;
+#if defined(D3D_CUDA_ON_CPU_FAULT_LD)
+  const int64_t kColLd = lc > 1 ? lc - 1 : lc;  // planted fault (cuda_on_cpu_fault_ld): wrong leading dimension
+#else
+  const int64_t kColLd = lc;  // col is [groups * rows, lc], row-major
+#endif
   // Uniform across the block (depends on blockIdx only), so the barriers inside are safe.
   for (int64_t pair = blockIdx.y; pair < pairs; pair += gridDim.y) {
     const int64_t g = pair / otiles;
@@ -103,7 +115,8 @@ __global__ void grouped_gemm_bias_kernel(DeformConv3dShape s, const scalar_t* we
       const int64_t wr = r0 + threadIdx.x;  // weight tile: row o, column wr
       ws[threadIdx.y][threadIdx.x] = (o_local < opg && wr < rows) ? to_acc<acc_t>(weight[o * rows + wr]) : acc_t(0);
       const int64_t cr = r0 + threadIdx.y;  // col tile: row cr, column ci
-      cs[threadIdx.y][threadIdx.x] = (cr < rows && ci < lc) ? to_acc<acc_t>(col[(g * rows + cr) * lc + ci]) : acc_t(0);
+      cs[threadIdx.y][threadIdx.x] =
+          (cr < rows && ci < lc) ? to_acc<acc_t>(col[(g * rows + cr) * kColLd + ci]) : acc_t(0);
       __syncthreads();
 #pragma unroll
       for (int r = 0; r < kTile; ++r) acc += ws[threadIdx.y][r] * cs[r][threadIdx.x];
@@ -130,11 +143,15 @@ cudaError_t forward(const DeformConv3dShape& s, const scalar_t* x, const scalar_
     for (int64_t l0 = 0; l0 < L; l0 += chunk) {
       const int64_t lc = std::min(chunk, L - l0);
       im2col(s, x_n, off_n, l0, lc, workspace, stream);
-      grouped_gemm_bias_kernel<<<to_dim3(launch::gemm_grid(s, lc)), dim3(kTile, kTile), 0, stream>>>(
-          s, weight, bias, workspace, lc, y_n, l0);
+      D3D_LAUNCH(grouped_gemm_bias_kernel, to_dim3(launch::gemm_grid(s, lc)), dim3(kTile, kTile), 0, stream, s, weight,
+                 bias, workspace, lc, y_n, l0);
     }
   }
+#if defined(D3D_CUDA_ON_CPU)
+  return cuda_on_cpu::take_last_error();
+#else
   return cudaGetLastError();
+#endif
 }
 
 }  // namespace cuda

@@ -16,7 +16,18 @@ constexpr int64_t kMaxGridYZ = 65535;
 constexpr int kThreads = 256;  // threads per block of the 1-D kernels
 constexpr int kTile = 16;      // the GEMM's square tile (threads per block: kTile x kTile)
 // Blocks of a 1-D grid-stride kernel: enough for one element per thread, capped (the kernels loop).
+// D3D_LAUNCH_MAX_BLOCKS_1D / D3D_LAUNCH_MAX_PAIRS_Y lower the caps only in the cuda_on_cpu_grid_stride
+// test build, so that small shapes exercise the kernels' grid-stride loops.
+#if defined(D3D_LAUNCH_MAX_BLOCKS_1D)
+constexpr int64_t kMaxBlocks1d = D3D_LAUNCH_MAX_BLOCKS_1D;
+#else
 constexpr int64_t kMaxBlocks1d = 65535LL * 8;
+#endif
+#if defined(D3D_LAUNCH_MAX_PAIRS_Y)
+constexpr int64_t kMaxPairsY = D3D_LAUNCH_MAX_PAIRS_Y;
+#else
+constexpr int64_t kMaxPairsY = kMaxGridYZ;
+#endif
 
 struct Grid {
   int64_t x = 1, y = 1, z = 1;
@@ -38,7 +49,12 @@ inline Grid im2col_grid(const DeformConv3dShape& s, int64_t lc) {
 // 2^20 (validate_attrs allows it), beyond the 65535 limit of grid.y and grid.z.
 inline Grid gemm_grid(const DeformConv3dShape& s, int64_t lc) {
   const int64_t pairs = s.group * gemm_out_tiles(s);
-  return {ceil_div(lc, kTile), pairs < kMaxGridYZ ? pairs : kMaxGridYZ, 1};
+#if defined(D3D_CUDA_ON_CPU_FAULT_GRID)
+  const int64_t x = ceil_div(lc, kTile) > 1 ? ceil_div(lc, kTile) - 1 : 1;  // planted fault: one block short
+#else
+  const int64_t x = ceil_div(lc, kTile);
+#endif
+  return {x, pairs < kMaxPairsY ? pairs : kMaxPairsY, 1};
 }
 
 }  // namespace launch

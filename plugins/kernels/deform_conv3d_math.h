@@ -14,7 +14,7 @@
 
 #include "deform_conv3d_shape.h"
 
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || defined(D3D_CUDA_ON_CPU)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #endif
@@ -40,7 +40,7 @@ template <typename scalar_t, typename acc_t>
 D3D_HD scalar_t from_acc(acc_t v) {
   return static_cast<scalar_t>(v);
 }
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || defined(D3D_CUDA_ON_CPU)
 template <>
 D3D_HD float to_acc<float, __half>(__half v) {
   return __half2float(v);

@@ -609,7 +609,12 @@ bool enqueue_on_gpu(DataType type, const char* type_name, double tolerance) {
 
 // Normalised tolerances as in bench/gpu_check.py: positions and sums are fp32 for every I/O type.
 void test_enqueue_on_gpu() {
-  if (!enqueue_on_gpu<float>(DataType::kFLOAT, "fp32", 1e-5)) return;
+  const bool ran = enqueue_on_gpu<float>(DataType::kFLOAT, "fp32", 1e-5);
+#if defined(D3D_HARNESS_CUDA_ON_CPU)
+  // Built against the CPU executor's runtime twin (CMake's cuda_on_cpu_trt_enqueue): enqueue must run.
+  CHECK(ran, "enqueue was not run on the CPU executor");
+#endif
+  if (!ran) return;
   enqueue_on_gpu<__half>(DataType::kHALF, "fp16", 1e-2);
   enqueue_on_gpu<__nv_bfloat16>(DataType::kBF16, "bf16", 5e-2);
 }
