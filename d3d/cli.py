@@ -28,6 +28,7 @@ from d3d.errors import D3DError, Interrupted, kept, reason, summary_line
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("d3d.commands.info", "show versions, backends and native libraries (--json for machines)"),
     "upscale": ("d3d.commands.upscale", "upscale a video or frame folder (the main job)"),
+    "serve": ("d3d.commands.serve", "serve the model with Triton Inference Server (one sequence per video)"),
     "export": ("d3d.commands.export", "export a checkpoint to ONNX (custom DeformConv3d node or --portable)"),
     "verify": ("d3d.commands.verify", "compare PyTorch, ONNX Runtime and TensorRT outputs with Polygraphy"),
     "build": ("d3d.commands.build", "build a TensorRT engine (with the DeformConv3d plugin) from an ONNX file"),

@@ -18,7 +18,7 @@ from d3d.commands import add_model_source, add_output_flags, dims_arg, int_at_le
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from d3d.runtime.backends import backend_names
 
-    names = backend_names()
+    names = backend_names(local=True)
     parser.add_argument(
         "--backends",
         nargs="+",
