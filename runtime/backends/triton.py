@@ -130,10 +130,15 @@ class TritonRunner(Runner):
             if index == 0:
                 inputs.append(grpcclient.InferInput("FIRST_OUTPUT", [1], "INT64"))
                 inputs[-1].set_data_from_numpy(np.array([opts.done], dtype=np.int64))
-            self._client.async_stream_infer(
-                self.model, inputs, request_id=str(index), sequence_id=sequence,
-                sequence_start=index == 0, sequence_end=end,
-            )  # fmt: skip
+            try:
+                self._client.async_stream_infer(
+                    self.model, inputs, request_id=str(index), sequence_id=sequence,
+                    sequence_start=index == 0, sequence_end=end,
+                )  # fmt: skip
+            except grpcclient.InferenceServerException as exc:
+                # A broken stream: the callback has the cause (the server gone, say), the exception not.
+                detail = next((e for _, e in list(responses.queue) if e is not None), exc)
+                raise D3DError(f"Triton server {self.url}: {server_message(detail)}") from None
             state["sent"] += 1
 
         def collect(block: bool) -> None:
