@@ -271,3 +271,152 @@ class Server:
                 self.process.wait()
         self._log.close()
         return self.process.returncode
+
+
+# --- Repositories for a production Triton (d3d serve --write-only) ---------------------------------
+
+PLATFORMS = ("python", "onnxruntime", "tensorrt")
+WINDOW_MODEL = "d3dnet_window"  # the stateless network behind the ring (onnxruntime, tensorrt)
+
+
+def window_config(
+    platform: str, frames: int, in_channels: int, out_channels: int, op_library: str | None, kind: str = "KIND_GPU"
+) -> str:
+    """The stateless network: one window ``lr`` [1, C, T, H, W] in, ``sr`` [1, C, sH, sW] out."""
+    from d3d.export.exporter import INPUT_NAME, OUTPUT_NAME
+
+    text = f"""name: "{WINDOW_MODEL}"
+platform: "{"tensorrt_plan" if platform == "tensorrt" else "onnxruntime_onnx"}"
+max_batch_size: 0
+input [ {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [ 1, {in_channels}, {frames}, -1, -1 ] }} ]
+output [ {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ 1, {out_channels}, -1, -1 ] }} ]
+instance_group [ {{ count: 1 kind: {kind} }} ]
+"""
+    if platform == "tensorrt":
+        text += 'default_model_filename: "model.plan"\n'
+    if op_library:
+        text += f"model_operations {{ op_library_filename: {pbtxt_string(op_library)} }}\n"
+    return text
+
+
+@dataclass
+class ProductionFiles:
+    """What a production repository is made of (paths on this machine)."""
+
+    onnx: Path | None = None  # the ONNX model (python and onnxruntime platforms)
+    ort_ops: Path | None = None  # libd3d_ort_ops.so (its OpenBLAS beside it is copied too)
+    engine: Path | None = None  # the TensorRT plan (its JSON sidecar beside it is copied too)
+    plugin: Path | None = None  # libd3d_trt_plugin.so
+
+
+def write_production_repository(
+    root: Path,
+    platform: str,
+    files: ProductionFiles,
+    settings: ModelSettings,
+    container_root: str = "/models",
+    instances: int = 1,
+) -> list[Path]:
+    """A complete repository for a Triton container, mounted there at ``container_root``: the front
+    sequence model (the ring, :mod:`d3d.runtime.triton_model`) and, for onnxruntime and tensorrt, the
+    stateless window model it calls in-process (BLS); a README with the command line. Returns the
+    config.pbtxt files written."""
+    from d3d.runtime import triton_model
+
+    if platform not in PLATFORMS:
+        raise D3DError(f"unknown --platform {platform!r}: use {', '.join(PLATFORMS)}")
+    front = root / MODEL_NAME
+    (front / "1").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(triton_model.__file__, front / "1" / "model.py")
+    cfg = settings.identity["config"]
+    payload: dict = {"max_frame_pixels": settings.max_frame_pixels, "idle_seconds": settings.idle_seconds,
+                     "identity": settings.identity, "device": settings.device}  # fmt: skip
+    configs = [front / "config.pbtxt"]
+    lines = []
+    if platform == "python":
+        # The project's runner inside the front model: ONNX Runtime on the exported model and op library.
+        _copy(files.onnx, front / "1" / "model.onnx", "the ONNX model")
+        payload.update(backend=settings.backend, threads=settings.threads,
+                       source={"kind": "onnx", "path": "1/model.onnx", "sha256": settings.source.get("sha256")},
+                       ort_ops=_copy_ort_ops(files.ort_ops, front))  # fmt: skip
+    else:
+        window = root / WINDOW_MODEL
+        (window / "1").mkdir(parents=True, exist_ok=True)
+        payload.update(backend="window-model", window_model=WINDOW_MODEL, config=cfg)
+        op_library = None
+        if platform == "onnxruntime":
+            _copy(files.onnx, window / "1" / "model.onnx", "the ONNX model")
+            op_library = f"{container_root}/{WINDOW_MODEL}/{_copy_ort_ops(files.ort_ops, window)}"
+        else:
+            _copy(files.engine, window / "1" / "model.plan", "the TensorRT engine (--engine)")
+            sidecar = files.engine.with_name(files.engine.name + ".json")
+            if sidecar.is_file():
+                shutil.copyfile(sidecar, window / "1" / "model.plan.json")
+                lines.append(f"engine sidecar: {sidecar.read_text().strip()}")
+            (root / "plugins").mkdir(exist_ok=True)
+            _copy(files.plugin, root / "plugins" / "libd3d_trt_plugin.so", "the TensorRT plugin (--plugin)")
+        kind = "KIND_CPU" if settings.device == "cpu" else "KIND_GPU"
+        text = window_config(platform, cfg["frames"], cfg["in_channels"], cfg["out_channels"], op_library, kind)
+        (window / "config.pbtxt").write_text(text)
+        configs.append(window / "config.pbtxt")
+    # The front model holds the ring (host memory); it runs the network itself only on --platform python.
+    kind = "KIND_GPU" if platform == "python" and settings.device == "cuda" else "KIND_CPU"
+    text = sequence_config(MODEL_NAME, "python", settings.idle_seconds, instances, kind)
+    text += f'parameters [ {{ key: "{triton_model.PARAMETER}" value: {{ string_value: '
+    text += f"{pbtxt_string(json.dumps(payload))} }} }} ]\n"
+    (front / "config.pbtxt").write_text(text)
+    (root / "README.md").write_text(_production_readme(platform, container_root, lines))
+    return configs
+
+
+def _copy(src: Path | None, dst: Path, what: str) -> None:
+    if src is None or not Path(src).is_file():
+        raise D3DError(f"{src or 'nothing given'}: no such file ({what})")
+    shutil.copyfile(src, dst)
+
+
+def _copy_ort_ops(library: Path | None, folder: Path) -> str:
+    """Copies the ONNX Runtime op library and the OpenBLAS beside it into ``folder``: its name."""
+    if library is None or not Path(library).is_file():
+        raise D3DError("no libd3d_ort_ops.so: build it (make native) or set D3D_ORT_OPS")
+    library = Path(library)
+    for lib in [library, *library.parent.glob("libscipy_openblas*.so*")]:
+        shutil.copyfile(lib, folder / lib.name)
+    return library.name
+
+
+def _production_readme(platform: str, container_root: str, notes: list[str]) -> str:
+    command = f"tritonserver --model-repository={container_root}"
+    if platform == "tensorrt":
+        command += f" --backend-config=tensorrt,plugins={container_root}/plugins/libd3d_trt_plugin.so"
+    need = {
+        "python": "Triton's Python backend; d3d-trt and onnxruntime installed in the container's Python "
+        "(`pip install d3d-trt onnxruntime`, the same d3d-trt version that wrote this repository)",
+        "onnxruntime": "Triton's ONNX Runtime backend with ONNX Runtime >= 1.29 (the op library is built against "
+        "its C API 29) and the Python backend with d3d-trt installed (the front model imports its window plan)",
+        "tensorrt": "Triton's TensorRT backend with the TensorRT version the engine was built with (its sidecar, "
+        "model.plan.json, names it; an engine runs only on that version and GPU architecture) and the Python "
+        "backend with d3d-trt installed",
+    }[platform]
+    return f"""# d3d-trt model repository ({platform})
+
+Written by `d3d serve --write-only --platform {platform}`. Mount this folder at `{container_root}` in a Triton
+Inference Server container and run:
+
+    {command}
+
+Clients: `d3d upscale VIDEO -o OUT --backend triton --url HOST:8001` (one sequence per video, each frame
+sent once).
+
+Needs: {need}.
+
+Layout: `{MODEL_NAME}/` is the front model: Triton's sequence batcher (correlation ID, START/END, Oldest
+strategy) routes each video's frames to it in order; it keeps the temporal ring per video and applies the
+runtime's window rules (edge clamping, scene cuts).{
+        f" It sends each complete window to `{WINDOW_MODEL}/`, the stateless network, inside the server (BLS)."
+        if platform != "python"
+        else " It runs the network itself (ONNX Runtime with the DeformConv3d op library)."
+    }
+{"".join(f"{os.linesep}{n}{os.linesep}" for n in notes)}
+What was verified where: docs/SERVING.md of d3d-trt.
+"""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -41,6 +42,57 @@ class _Sequence:
         return sum(a.nbytes for a in self.ring.values())
 
 
+def _local_runner(settings: dict, model_dir: Path):
+    """The project's runner for ``settings`` (paths relative to the model's folder, as in a written
+    production repository)."""
+    import os
+
+    from d3d.runtime.backends import create_runner, get_backend
+    from d3d.runtime.models import ModelSource
+
+    if settings.get("ort_ops"):  # the op library shipped inside the repository
+        os.environ["D3D_ORT_OPS"] = str(model_dir / settings["ort_ops"])
+    source = settings["source"]
+    path = source.get("path")
+    if path and not Path(path).is_absolute():
+        path = model_dir / path
+    model = ModelSource(source["kind"], Path(path) if path else None, source.get("sha256"))
+    backend = get_backend(settings["backend"])
+    options = backend.options(threads=settings.get("threads"), device=settings.get("device", "auto"))
+    return create_runner(backend, model, options)
+
+
+class _WindowModel:
+    """Runs each window on a stateless model of the same server (BLS): ``lr`` in, ``sr`` out."""
+
+    def __init__(self, pb, name: str, config: dict) -> None:
+        from d3d.export.exporter import INPUT_NAME, OUTPUT_NAME
+        from d3d.model import D3DnetConfig
+
+        self.pb, self.name, self.config = pb, name, D3DnetConfig(**config)
+        self.input, self.output = INPUT_NAME, OUTPUT_NAME
+
+    def infer(self, window: np.ndarray) -> np.ndarray:
+        pb = self.pb
+        request = pb.InferenceRequest(
+            model_name=self.name,
+            inputs=[pb.Tensor.from_dlpack(self.input, np.ascontiguousarray(window, dtype=np.float32))],
+            requested_output_names=[self.output],
+        )
+        response = request.exec()
+        if response.has_error():
+            raise RuntimeError(f"{self.name}: {response.error().message()}")
+        out = pb.get_output_tensor_by_name(response, self.output)
+        if out.is_cpu():
+            return np.from_dlpack(out)
+        import torch  # a GPU output (TensorRT): copied to the host through torch's DLPack
+
+        return torch.from_dlpack(out).cpu().numpy()
+
+    def close(self) -> None:
+        return None
+
+
 class SequenceError(Exception):
     """A request this model refuses (the sequence keeps its state)."""
 
@@ -49,17 +101,13 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         import triton_python_backend_utils as pb
 
-        from d3d.runtime.backends import create_runner, get_backend
-        from d3d.runtime.models import ModelSource
-
         self.pb = pb
         config = json.loads(args["model_config"])
         settings = json.loads(config["parameters"][PARAMETER]["string_value"])
-        source = settings["source"]
-        model = ModelSource(source["kind"], source.get("path"), source.get("sha256"))
-        backend = get_backend(settings["backend"])
-        options = backend.options(threads=settings.get("threads"), device=settings.get("device", "auto"))
-        self.runner = create_runner(backend, model, options)
+        if settings["backend"] == "window-model":  # a stateless network beside this model (production)
+            self.runner = _WindowModel(pb, settings["window_model"], settings["config"])
+        else:
+            self.runner = _local_runner(settings, Path(args["model_repository"]))
         self.frames = self.runner.config.frames
         self.channels = self.runner.config.in_channels
         self.max_pixels = int(settings.get("max_frame_pixels", 0)) or None

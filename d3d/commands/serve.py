@@ -18,7 +18,7 @@ from d3d.commands import add_model_source, int_at_least, model_source, positive_
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from d3d.runtime.backends import registry
 
-    add_model_source(parser, engine=False)
+    add_model_source(parser)
     local = [n for n, b in registry().items() if not getattr(b, "remote", False)]
     parser.add_argument("--backend", choices=local, default="onnxruntime", help="the runner the server-side model uses")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where that runner runs")
@@ -53,6 +53,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--exit-timeout", type=int_at_least(0), default=30, help="seconds in-flight requests get to finish on stop"
     )
+    prod = parser.add_argument_group("a repository for a production Triton container (nothing is started)")
+    prod.add_argument(
+        "--write-only",
+        type=Path,
+        metavar="DIR",
+        help="write a complete model repository into DIR (new or empty) for a Triton container, with a README "
+        "giving the tritonserver command",
+    )
+    prod.add_argument(
+        "--platform",
+        choices=["python", "onnxruntime", "tensorrt"],
+        default="python",
+        help="python: the project's runner in the Python backend; onnxruntime / tensorrt: the ring in a Python "
+        "model in front of Triton's ONNX Runtime or TensorRT backend (tensorrt needs --engine)",
+    )
+    prod.add_argument("--plugin", type=Path, help="--platform tensorrt: the DeformConv3d plugin library "
+                      "(default: searched, as d3d build)")  # fmt: skip
+    prod.add_argument("--container-root", default="/models", help="where the repository is mounted in the container")
 
 
 def model_identity(source, runner) -> dict:
@@ -81,9 +99,16 @@ def run(args: argparse.Namespace) -> int:
 
     if args.idle_timeout <= 0:
         raise D3DError(f"--idle-timeout must be > 0, got {args.idle_timeout:g}")
+    if args.write_only is not None:
+        return _write_only(args)
+    if args.plugin is not None:
+        raise D3DError("--plugin goes with --write-only --platform tensorrt")
     install = find_server(args.tritonserver)
     env = serving_env()
     source = model_source(args)
+    if source.kind == "engine":
+        raise D3DError("--engine: d3d serve runs ONNX Runtime or PyTorch here; an engine goes into a production "
+                       "repository (--write-only DIR --platform tensorrt)")  # fmt: skip
     backend = get_backend(args.backend)
     # The runner is built here once: its errors are one line before any server starts, and its
     # description (device, flavour) becomes the model identity clients fingerprint.
@@ -143,3 +168,57 @@ def _wait(process) -> None:
         process.wait(0.2)
     except subprocess.TimeoutExpired:
         pass
+
+
+def _write_only(args: argparse.Namespace) -> int:
+    """``--write-only DIR``: the repository for a production Triton, written to a temporary sibling and
+    renamed (nothing is left behind on failure)."""
+    import json
+
+    import d3d
+    from d3d.atomic import atomic_dir
+    from d3d.errors import D3DError
+    from d3d.native_libs import ort_ops_library, trt_plugin_library
+    from d3d.runtime.backends import create_runner, get_backend
+    from d3d.runtime.models import onnx_for
+    from d3d.runtime.serving import ModelSettings, ProductionFiles, write_production_repository
+
+    out = args.write_only
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise D3DError(f"{out}: exists and is not an empty folder (--write-only writes a new repository)")
+    source = model_source(args)
+    if args.platform == "tensorrt":
+        if source.kind != "engine":
+            raise D3DError("--platform tensorrt serves a TensorRT engine: give --engine FILE (from d3d build)")
+        sidecar = source.path.with_name(source.path.name + ".json")
+        try:
+            info = json.loads(sidecar.read_text())
+            config = info["model_config"]
+        except (OSError, ValueError, KeyError):
+            raise D3DError(
+                f"{source.path}: no readable sidecar {sidecar.name}; rebuild the engine with d3d build"
+            ) from None
+        runner = f"tensorrt plan (TensorRT {info.get('tensorrt_version')}, {info.get('precision')})"
+        identity = {"weights": f"engine sha256 {source.sha256}", "config": config, "d3d": d3d.__version__,
+                    "runner": runner}  # fmt: skip
+        files = ProductionFiles(engine=source.path, plugin=args.plugin or trt_plugin_library())
+    else:
+        if source.kind == "engine":
+            raise D3DError(f"--engine goes with --platform tensorrt, not {args.platform}")
+        backend = get_backend("onnxruntime")
+        runner = create_runner(backend, source, backend.options(threads=args.threads))
+        try:
+            identity = model_identity(source, runner)
+        finally:
+            runner.close()
+        files = ProductionFiles(onnx=onnx_for(source), ort_ops=ort_ops_library())
+    if args.platform != "python":
+        identity["runner"] = f"{args.platform} backend of the container ({identity['runner']} here)"
+    settings = ModelSettings(source={"sha256": source.sha256}, backend="onnxruntime", threads=args.threads,
+                             device=args.device, max_frame_pixels=args.max_frame_pixels,
+                             idle_seconds=args.idle_timeout, identity=identity)  # fmt: skip
+    with atomic_dir(out) as tmp:
+        configs = write_production_repository(tmp, args.platform, files, settings, args.container_root, args.instances)
+    names = ", ".join(str(out / c.relative_to(tmp)) for c in configs)
+    print(f"wrote {out} ({args.platform}): {names}; the tritonserver command is in {out / 'README.md'}")
+    return 0
