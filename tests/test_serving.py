@@ -333,6 +333,19 @@ def test_malformed_requests_get_an_error_and_the_server_keeps_serving(server, lo
     assert _get(server.base("/v2/health/ready"))[0] == 200
 
 
+def test_bench_measures_streams_against_the_server(server, tiny_checkpoint, tmp_path, capsys):
+    report = tmp_path / "bench.json"
+    assert cli(["bench", "--backends", "triton", "--url", server.url, "--checkpoint", str(tiny_checkpoint),
+                "--threads", "1", "--sizes", "32x32", "--streams", "1", "3", "--stream-frames", "4",
+                "--pipeline-frames", "0", "--json", str(report)]) == 0  # fmt: skip
+    rows = json.loads(report.read_text())["streams"]
+    assert [(r["streams"], r["frames"]) for r in rows] == [(1, 4), (3, 12)]
+    for r in rows:
+        assert 0 < r["p50_ms"] <= r["p99_ms"] and r["frames_per_s"] > 0 and r["local_frames_per_s"] > 0
+        assert r["backend"].startswith("triton d3dnet (server: onnxruntime")
+    assert "all streams together" in capsys.readouterr().out
+
+
 # --- The command lines ------------------------------------------------------------------------------
 
 

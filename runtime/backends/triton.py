@@ -90,6 +90,7 @@ class TritonRunner(Runner):
             raise D3DError(f"model {self.model!r} at {self.url} is not a d3d serve model (no {PARAMETER})") from None
         super().__init__(D3DnetConfig(**self.identity["config"]))
         self.device = "server"
+        self.latencies: list[float] = []  # seconds from each request's send to its response (d3d bench)
 
     def describe(self) -> str:
         i = self.identity
@@ -117,6 +118,7 @@ class TritonRunner(Runner):
         pending: dict[int, object] = {}  # index -> frame sent, waiting for its output
         ready: dict[int, np.ndarray] = {}
         state = {"sent": 0, "received": 0, "next": 0}
+        sent_at: dict[str, float] = {}
 
         def send(frame, index: int, end: bool) -> None:
             inputs = [
@@ -127,6 +129,7 @@ class TritonRunner(Runner):
             inputs[0].set_data_from_numpy(np.ascontiguousarray(frame.y, dtype=np.float32))
             inputs[1].set_data_from_numpy(np.array([index], dtype=np.int64))
             inputs[2].set_data_from_numpy(np.array([bool(frame.cut) and index > 0]))
+            sent_at[str(index)] = time.perf_counter()
             if index == 0:
                 inputs.append(grpcclient.InferInput("FIRST_OUTPUT", [1], "INT64"))
                 inputs[-1].set_data_from_numpy(np.array([opts.done], dtype=np.int64))
@@ -165,7 +168,14 @@ class TritonRunner(Runner):
                 yield pending.pop(i), ready.pop(i, None)
                 state["next"] += 1
 
-        self._client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        def callback(result, error) -> None:
+            if result is not None:
+                t0 = sent_at.pop(result.get_response().id, None)
+                if t0 is not None:
+                    self.latencies.append(time.perf_counter() - t0)
+            responses.put((result, error))
+
+        self._client.start_stream(callback=callback)
         finished = False
         try:
             held, n = None, -1  # the newest frame goes out once the next shows it is not the last
