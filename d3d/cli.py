@@ -49,6 +49,7 @@ ENVIRONMENT = """environment:
   D3D_ORT_OPS          the ONNX Runtime DeformConv3d library (default: searched, see `d3d info`)
   D3D_TRT_PLUGIN       the TensorRT DeformConv3d plugin library (default: searched)
   D3D_BUILD_DIR        the CMake build folder searched for both (default: <checkout>/build)
+  D3D_TRITONSERVER     the tritonserver binary d3d serve runs (default: the one make setup unpacked)
 
 exit status: 0 done, 1 error, 2 missing SDK (e.g. TensorRT) or no command, 130/143 interrupted
 (SIGINT/SIGTERM), 141 standard output closed by its reader (e.g. `| head`)"""

@@ -413,7 +413,9 @@ def test_upscale_through_the_server_equals_the_local_run_and_resumes_after_the_s
         assert (local_out / name).read_bytes() == (remote_out / name).read_bytes(), name
 
 
-def test_triton_backend_options_are_checked():
+def test_triton_backend_options_are_checked(capsys):
+    assert cli(["upscale", "--backend", "triton", "--checkpoint", "x.pth.tar", "-o", "out"]) == 1
+    assert "the server's model runs" in _one_error_line(capsys.readouterr().err)
     from d3d.errors import D3DError
     from d3d.runtime.backends import get_backend
 

@@ -105,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
     from d3d.samples import sample_clip
 
     # Everything named must exist, and no output may endanger anything, before any slow work.
+    if args.backend == "triton":  # the server's model runs: a local one named here would not
+        named = [f for f in ("checkpoint", "onnx", "engine", "random_init") if getattr(args, f, None)]
+        if named:
+            flag = "--" + named[0].replace("_", "-")
+            raise D3DError(f"{flag} with --backend triton: the server's model runs (choose it with d3d serve {flag})")
     source_model = model_source(args)
     backend = choose_backend(args.backend, source_model.kind)
     options = backend.options(
