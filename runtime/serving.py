@@ -89,7 +89,7 @@ class ModelSettings:
     threads: int | None = None
     device: str = "auto"
     max_frame_pixels: int = 1920 * 1088  # LR pixels per frame the server accepts
-    idle_seconds: float = 60.0  # a sequence without a request for this long is freed
+    idle_seconds: float = 600.0  # a sequence without a new request for this long is freed (docs/SERVING.md)
     identity: dict = field(default_factory=dict)  # what clients put in their resume fingerprint
 
 

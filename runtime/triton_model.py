@@ -111,7 +111,7 @@ class TritonPythonModel:
         self.frames = self.runner.config.frames
         self.channels = self.runner.config.in_channels
         self.max_pixels = int(settings.get("max_frame_pixels", 0)) or None
-        self.idle_s = float(settings.get("idle_seconds", 60))
+        self.idle_s = float(settings.get("idle_seconds", 600))
         self.sequences: dict[int, _Sequence] = {}
         self.lock = threading.Lock()
         self.open_gauge = self.ring_gauge = None

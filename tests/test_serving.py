@@ -1,5 +1,6 @@
 """d3d serve and the triton backend, on loopback: a real tritonserver (the nvidia-pytriton wheel's, unpacked
-by ``make setup``) serving a tiny random-init checkpoint on 32x32 frames.
+by ``make setup``) serving a tiny random-init checkpoint on 32x32 frames. The shared server runs the
+repository ``d3d serve --write-only --platform python`` writes; ``d3d serve`` itself runs in the resume test.
 
 References: the local ONNX Runtime runner (same model, same thread count) through the local pipeline's
 network stage; outputs must be equal bit for bit. Ports are the kernel's free ones; readiness and freed
@@ -106,15 +107,36 @@ class Serve:
         return self.result
 
 
+class Written:
+    """The production repository ``d3d serve --write-only --platform python`` writes, run by the wheel's
+    tritonserver with this venv added as the stub's Python environment (a container has d3d-trt
+    installed instead: the one change)."""
+
+    def __init__(self, repo, install) -> None:
+        from d3d.runtime.serving import MODEL_NAME, Ports, Server, free_port
+
+        config = repo / MODEL_NAME / "config.pbtxt"
+        env = f'{{ key: "EXECUTION_ENV_PATH" value: {{ string_value: "{sys.prefix}" }} }}, '
+        config.write_text(config.read_text().replace("parameters [ ", "parameters [ " + env))
+        self.server = Server(install, repo, Ports(free_port(), free_port(), free_port()), exit_timeout=2)
+        self.http, self.grpc, self.metrics = self.server.ports.http, self.server.ports.grpc, self.server.ports.metrics
+        self.server.start()
+        _poll("readiness", self.server.ready, self.server.process)
+
+    url = Serve.url
+    base = Serve.base
+    gauge = Serve.gauge
+
+
 @pytest.fixture(scope="module")
-def server(tiny_checkpoint):
-    _server_or_skip()
-    s = Serve(tiny_checkpoint, "--idle-timeout", "2", "--max-frame-pixels", "4096")
+def server(tiny_checkpoint, tmp_path_factory):
+    install = _server_or_skip()
+    repo = tmp_path_factory.mktemp("written") / "repo"
+    assert cli(["serve", "--write-only", str(repo), "--checkpoint", str(tiny_checkpoint), "--threads", "1",
+                "--idle-timeout", "3", "--max-frame-pixels", "4096"]) == 0  # fmt: skip
+    s = Written(repo, install)
     yield s
-    rc, _, err = s.stop()
-    assert rc == 0, err
-    # Clean shutdown: one line on stderr (after the start-up's own log lines, if any).
-    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("d3d serve: stopped on SIGTERM"), err
+    assert s.server.stop() == 0
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +297,7 @@ def test_a_killed_client_leaves_the_others_intact_and_its_sequence_freed(server,
     assert killed == [-signal.SIGKILL]
     want = _run(local, frames)
     assert all(np.array_equal(got[i], want[i]) for i in range(len(frames)))
-    # Freed after the idle timeout (2 s here): by Triton's batcher and by the model's ring sweeper.
+    # Freed after the idle timeout (3 s here): by Triton's batcher and by the model's ring sweeper.
     _poll("sequence freed", lambda: server.gauge("d3d_open_sequences") == 0 and server.gauge("d3d_ring_bytes") == 0)
     client = grpcclient.InferenceServerClient(server.url)
     with pytest.raises(grpcclient.InferenceServerException):
@@ -397,7 +419,10 @@ def test_upscale_through_the_server_equals_the_local_run_and_resumes_after_the_s
     try:
         rc = cli(["upscale", str(frames), "--backend", "triton", "--url", first.url, "-o", str(remote_out), *common])
     finally:
-        first.stop()
+        stopped, _, err = first.stop()
+    # d3d serve's clean shutdown on SIGTERM: exit 0, one line (after the start-up's own log lines, if any).
+    assert stopped == 0 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("d3d serve: stopped on SIGTERM"), err
     assert rc == 1
     assert "Triton server" in _one_error_line(capsys.readouterr().err)
     assert not remote_out.exists()
@@ -470,7 +495,7 @@ def test_write_only_repositories_follow_tritons_schema(platform, tiny_checkpoint
     front = _parse_config(out / MODEL_NAME / "config.pbtxt")
     assert front.backend == "python" and front.max_batch_size == 0
     sb = front.sequence_batching
-    assert sb.HasField("oldest") and sb.max_sequence_idle_microseconds == 60_000_000
+    assert sb.HasField("oldest") and sb.max_sequence_idle_microseconds == 600_000_000
     from tritonclient.grpc import model_config_pb2
 
     kind = model_config_pb2.ModelSequenceBatching.Control.Kind.Name
@@ -505,31 +530,3 @@ def test_write_only_repositories_follow_tritons_schema(platform, tiny_checkpoint
         assert (out / WINDOW_MODEL / "1" / "model.plan.json").is_file() and "10.16.0" in readme
         assert "--backend-config=tensorrt,plugins=/models/plugins/libd3d_trt_plugin.so" in readme
         assert (out / "plugins" / "libd3d_trt_plugin.so").is_file()
-
-
-def test_written_python_repository_serves_the_local_result(tiny_checkpoint, local, tmp_path):
-    """The python repository run by the wheel's tritonserver, with this venv added as its Python
-    environment (a production container has d3d-trt installed instead; the only change), equals the
-    local runner."""
-    from d3d.runtime.serving import MODEL_NAME, Ports, Server, find_server, free_port
-
-    install = _server_or_skip()
-    repo = tmp_path / "repo"
-    assert cli(["serve", "--write-only", str(repo), "--checkpoint", str(tiny_checkpoint), "--threads", "1"]) == 0
-    config = repo / MODEL_NAME / "config.pbtxt"
-    env = f'{{ key: "EXECUTION_ENV_PATH" value: {{ string_value: "{sys.prefix}" }} }}, '
-    config.write_text(config.read_text().replace("parameters [ ", "parameters [ " + env))
-    server = Server(install or find_server(), repo, Ports(free_port(), free_port(), free_port()), exit_timeout=5)
-    server.start()
-    try:
-        _poll("readiness", server.ready, server.process)
-        frames = _frames(21, 6, {2})
-        runner = _remote(f"127.0.0.1:{server.ports.grpc}")
-        try:
-            got = _run(runner, frames)
-        finally:
-            runner.close()
-    finally:
-        server.stop()
-    want = _run(local, frames)
-    assert all(np.array_equal(got[i], want[i]) for i in range(6))

@@ -33,9 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--idle-timeout",
         type=float,
-        default=60.0,
+        default=600.0,
         metavar="S",
-        help="seconds a video's sequence may wait for its next frame before the server frees it",
+        help="seconds a video's sequence may go without a new request before the server frees it (a client that "
+        "died); Triton counts from the last request's arrival, and a client sends its next frame only as a "
+        "response comes, so keep it above (videos per instance) x (seconds per frame) x 2 under full load",
     )
     parser.add_argument(
         "--max-frame-pixels",
