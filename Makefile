@@ -98,8 +98,9 @@ else
 	@echo "cpp-test: TensorRT 11.1 plugin check skipped (no headers in $(SHARED)/third_party/tensorrt-11.1)"
 endif
 
+# --durations: every test over a second, slowest first (the suite must stay well inside CI's 25 minutes).
 py-test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=0 --durations-min=1
 
 test: lint cpp-test py-test
 

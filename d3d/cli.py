@@ -10,19 +10,34 @@ and the commands print.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import errno
-import importlib
-import logging
+# Interrupts first, before any other import: from here on a Ctrl-C or SIGTERM is one line and 130/143.
+# Only where this module is the process's entry point (the `d3d` executable, `python -m d3d.cli`):
+# importing d3d, or this module, as a library never touches signal handlers. Until console_main takes
+# over (a few milliseconds: this module's own imports), a signal is only noted, then taken there.
 import os
 import signal
 import sys
-import threading
-import traceback
-from collections.abc import Callable, Iterator, Sequence
 
-from d3d.errors import D3DError, Interrupted, kept, reason, summary_line
+_early_signals: list[int] = []
+_IS_ENTRY_POINT = __name__ == "__main__" or os.path.basename(sys.argv[0] if sys.argv else "") == "d3d"
+if _IS_ENTRY_POINT:
+    for _sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_sig, lambda signum, frame: _early_signals.append(signum))
+
+import argparse  # noqa: E402 - after the handlers, on purpose
+import contextlib  # noqa: E402
+import errno  # noqa: E402
+import importlib  # noqa: E402
+import logging  # noqa: E402
+import threading  # noqa: E402
+import traceback  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence  # noqa: E402
+
+from d3d import probes  # noqa: E402
+from d3d.errors import D3DError, Interrupted, kept, reason, summary_line  # noqa: E402
+
+if _IS_ENTRY_POINT:
+    probes.reached("signals deferred")  # a signal now is noted, and taken once console_main starts
 
 # name -> (module, help); modules are imported only when their command runs, so `d3d --help` is fast.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -120,22 +135,23 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 _received: list[int] = []
 
 
-@contextlib.contextmanager
-def _signals_raise() -> Iterator[None]:
+def _raise_interrupt(signum, frame):
     """SIGINT/SIGTERM raise :class:`Interrupted` in the main thread; later ones are ignored while the
     first unwinds, so the cleanup (aborting partial outputs) always completes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _received.append(signum)
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """:func:`_raise_interrupt` for the block (where this is the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handler(signum, frame):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _received.append(signum)
-        raise Interrupted(signum)
-
     _received.clear()  # main() may run more than once in a process (tests)
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
@@ -199,13 +215,64 @@ def _quiet_stdout() -> None:
         pass
 
 
+class _MessagesStdout:
+    """Standard output for a command whose product is not stdout (a file, an engine, a run folder): once its
+    reader goes away (``... | head -1``), later messages are dropped and the run goes on to write its product
+    (a log reader closing early must not cost the run)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self.closed_by_reader = False
+
+    def _call(self, name: str, *args):
+        if self.closed_by_reader:
+            return len(args[0]) if args else None
+        try:
+            return getattr(self._stream, name)(*args)
+        except BrokenPipeError:
+            self.closed_by_reader = True
+            _quiet_stdout()  # what the stream still buffers now flushes into /dev/null
+            return len(args[0]) if args else None
+
+    def write(self, text: str) -> int:
+        return self._call("write", text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _stdout_for(module, args: argparse.Namespace) -> Iterator[None]:
+    """A command declares ``product_on_stdout(args)`` where its product is stdout (``info``, ``cache list``,
+    ``upscale -o -``): a closed stdout then ends it quietly with 141. Every other run keeps going."""
+    on_stdout = getattr(module, "product_on_stdout", None)
+    if on_stdout is not None and on_stdout(args):
+        yield
+        return
+    previous = sys.stdout
+    sys.stdout = _MessagesStdout(previous)
+    try:
+        yield
+    finally:
+        sys.stdout = previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser, subparsers = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     # Let the chosen command add its own arguments before parsing.
     chosen = next((a for a in argv if not a.startswith("-")), None)
     run: Callable[[argparse.Namespace], int] | None = None
+    module = None
     if chosen in COMMANDS:
+        probes.reached(f"command {chosen}")
         module = importlib.import_module(COMMANDS[chosen][0])
         module.add_arguments(subparsers[chosen])
         run = module.run
@@ -220,8 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     debug = bool(args.debug)
+    if _IS_ENTRY_POINT and _received:  # an interrupt during the command's imports that a library swallowed
+        return _report_interrupt(_received[0])
     try:
-        with _signals_raise(), _log_to_stderr(debug):
+        with _signals_raise(), _log_to_stderr(debug), _stdout_for(module, args):
             return int(run(args) or 0)
     except (Interrupted, KeyboardInterrupt) as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
@@ -265,10 +334,19 @@ def console_main() -> None:
     session whose run was stopped mid-graph can abort the process (observed with the
     onnxruntime-extensions op bridge) and turn exit 130 into a crash."""
     try:
+        # For the whole process, the command's imports included (torch's alone take seconds).
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, _raise_interrupt)
+        probes.reached("signals")
+        if _early_signals:  # arrived while this module was still being imported
+            raise Interrupted(_early_signals[0])
         rc = main()
-    except KeyboardInterrupt:  # before main's own handling is in place (the command's imports)
-        print("d3d: interrupted (SIGINT)", file=sys.stderr)
-        rc = 128 + signal.SIGINT
+    except (Interrupted, KeyboardInterrupt) as exc:  # before main's own handling (the command's imports)
+        rc = _report_interrupt(exc.signum if isinstance(exc, Interrupted) else signal.SIGINT, exc)
+    except BaseException as exc:
+        if not _received:  # a real error outside main's own handling: Python's report
+            raise
+        rc = _report_interrupt(_received[0], exc)  # an interrupt inside an import can surface as another error
     if rc in (128 + signal.SIGINT, 128 + signal.SIGTERM):
         sys.stdout.flush()
         sys.stderr.flush()

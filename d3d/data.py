@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from d3d import probes
 from d3d.atomic import atomic_dir
 from d3d.errors import D3DError, reason
 from d3d.imresize import imresize
@@ -176,6 +177,7 @@ def prepare_vimeo(
     with atomic_dir(out) as root:
         for source in sources:
             name = clip_name(source)
+            probes.reached(f"prepare clip {name}")
             frames = _load_clip(source, scale, max_frames)
             cuts = detect_cuts(frames, threshold)
             plan = plan_septuplets(
@@ -228,6 +230,7 @@ def prepare_vid4(
     with atomic_dir(out) as root:
         for source in sources:
             name = clip_name(source)
+            probes.reached(f"prepare clip {name}")
             frames = _load_clip(source, scale, None)
             a, b = start, len(frames) if count is None else min(len(frames), start + count)
             if holdout:

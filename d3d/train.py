@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from d3d import probes
 from d3d.atomic import atomic_write
 from d3d.checkpoint import load_state_into, read_state_dict
 from d3d.data import SeptupletSet
@@ -392,6 +393,7 @@ class Trainer:
         consistent = True  # False while a step is half done: an interrupt then must not save it
         try:
             while self.step < total:
+                probes.reached(f"train step {self.step}")
                 epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
                 lr, hr = self._batch(epoch, in_epoch)
                 consistent = False

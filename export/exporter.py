@@ -15,6 +15,7 @@ import onnx
 import torch
 
 import d3d
+from d3d import probes
 from d3d.atomic import atomic_write
 from d3d.errors import D3DError, summary_line
 from d3d.export.portable import form_for, restore_sliced_weights
@@ -215,6 +216,7 @@ def save_model(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
     """Atomic save: a failure leaves no half-written file."""
     with atomic_write(path) as tmp:
         onnx.save_model(proto, str(tmp))
+        probes.reached("onnx saved")  # written, not yet in place
 
 
 def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from d3d import probes
 from d3d.atomic import AtomicDir, AtomicFile
 from d3d.color import rgb_to_ycbcr, ycbcr_to_rgb
 from d3d.errors import D3DError, reason
@@ -761,6 +762,7 @@ def _network(items: Iterable[InFrame | object], runner: Runner, opts: UpscaleOpt
         i = w.index
         if i < opts.done:  # kept in the work folder: the sink restores it (its frames still fill the ring)
             return ring[i % t], None
+        probes.reached(f"network {i}")
         t0 = time.perf_counter()
         if opts.tile:
             window = np.stack([ring[s].y for s in w.slots], axis=1)[None]

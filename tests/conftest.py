@@ -90,3 +90,77 @@ def snapshot(root) -> dict[str, bytes | None]:
 
     root = Path(root)
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+# --- Processes interrupted at a point they have provably reached (d3d.probes) ----------------------------
+
+# Guards against a hang only, never a verdict: reaching any probe takes seconds here (model loading, an
+# export); 600 s is over 50x the slowest measured on a 2-core machine with both cores busy.
+HANG_S = 600.0
+
+
+class Probed:
+    """A ``d3d`` subprocess reporting its probe points (``D3D_TEST_EVENTS``), optionally held at one of them
+    (``D3D_TEST_HOLD``), so that a test sends its signal at a known point instead of after a delay."""
+
+    def __init__(self, args, cwd, hold: str | None = None, env: dict | None = None, exe: str | None = None):
+        import subprocess
+        import sys
+        import tempfile
+        from pathlib import Path
+
+        fd, name = tempfile.mkstemp(prefix="d3d-events-", suffix=".log")  # outside the tests' snapshots
+        os.close(fd)
+        self.events = Path(name)
+        self.hold = hold
+        full_env = {**os.environ, **(env or {}), "D3D_TEST_EVENTS": name}
+        if hold:
+            full_env["D3D_TEST_HOLD"] = hold
+        cmd = [exe] if exe else [sys.executable, "-m", "d3d.cli"]
+        self.proc = subprocess.Popen([*cmd, *map(str, args)], cwd=cwd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=full_env)  # fmt: skip
+
+    def lines(self) -> list[str]:
+        return self.events.read_text().splitlines()
+
+    def wait_for(self, point: str, also=lambda: True) -> None:
+        """Until the process has reported ``point`` (and ``also()`` holds); a process that ended first is
+        a failure of the test's set-up, reported with what it printed."""
+        import time
+
+        t0 = time.monotonic()
+        while not (point in self.lines() and also()):
+            if self.proc.poll() is not None:
+                _, err = self.proc.communicate()
+                raise AssertionError(f"exited ({self.proc.returncode}) before {point!r}: {err[-2000:]}")
+            if time.monotonic() - t0 > HANG_S:
+                self.proc.kill()
+                raise AssertionError(f"never reached {point!r} in {HANG_S:.0f} s (hung?): {self.lines()}")
+            time.sleep(0.005)
+
+    def wait_held(self) -> None:
+        self.wait_for(f"held {self.hold}")
+
+    def signal(self, sig) -> tuple[int, str, str, float]:
+        """Sends ``sig``; (exit code, stdout, stderr, seconds from the signal to the exit)."""
+        import subprocess
+        import time
+
+        t0 = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            out, err = self.proc.communicate(timeout=HANG_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        return self.proc.returncode, out, err, time.monotonic() - t0
+
+    def finish(self) -> tuple[int, str, str]:
+        out, err = self.proc.communicate(timeout=HANG_S)
+        return self.proc.returncode, out, err
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+        self.events.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import HANG_S
 
 from d3d.ops import deform_conv3d, deform_conv3d_reference, output_size
 
@@ -209,6 +210,6 @@ def test_fp32_forward_runs_on_openblas_also_when_the_build_is_cached(native, tmp
         "print('openblas' if 'scipy_openblas32/lib/libscipy_openblas.so' in maps else 'no openblas')\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "D3D_OPENBLAS_LIBRARY"}
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=HANG_S)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "openblas"

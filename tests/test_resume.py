@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import snapshot, write_frames
+from conftest import HANG_S, Probed, snapshot, write_frames
 
 from d3d import D3Dnet
 from d3d.cli import main as cli
@@ -61,20 +60,19 @@ def _frames_in(work: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
 
 
+HELD_AT = 4  # the interrupted run is held before it computes this frame, so it has kept exactly this many
+
+
 def _interrupted_run(cwd: Path, args: list[str], work: Path) -> tuple[int, str]:
-    """Starts `d3d upscale` in a subprocess, sends SIGINT once the work folder holds a completed frame
-    (polled, not slept), and returns (frames kept, stderr's last line)."""
-    proc = subprocess.Popen([sys.executable, "-m", "d3d.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
-    t0 = time.monotonic()
-    while not _frames_in(work):
-        if proc.poll() is not None:
-            raise AssertionError(f"exited early ({proc.returncode}): {proc.stderr.read()}")
-        assert time.monotonic() - t0 < 300, "no frame was completed"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    """Runs `d3d upscale` in a subprocess held before frame HELD_AT (d3d.probes), sends SIGINT once the
+    work folder holds the HELD_AT frames before it, and returns (frames kept, stderr's last line)."""
+    run = Probed(args, cwd, hold=f"network {HELD_AT}")
+    try:
+        run.wait_for(f"held network {HELD_AT}", also=lambda: len(_frames_in(work)) == HELD_AT)
+        rc, _, err, _ = run.signal(signal.SIGINT)
+    finally:
+        run.close()
+    assert rc == 130, err
     assert "Traceback" not in err, err
     last = err.strip().splitlines()[-1]
     m = re.fullmatch(
@@ -84,7 +82,7 @@ def _interrupted_run(cwd: Path, args: list[str], work: Path) -> tuple[int, str]:
     )
     assert m, last
     kept = int(m.group(1))
-    assert 1 <= kept < N, f"the interrupt landed after the last frame ({kept} of {N}): make the model slower"
+    assert kept == HELD_AT
     assert len(_frames_in(work)) == kept
     return kept, last
 
@@ -309,8 +307,7 @@ def test_signal_inside_the_commit_waits_for_it(tmp_path, tiny_onnx, capsys, monk
     real = AtomicFile.commit
 
     def commit(self):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)  # delivered at once: the handler runs before the next line
         real(self)
 
     monkeypatch.setattr(AtomicFile, "commit", commit)
@@ -669,7 +666,7 @@ def test_resume_with_a_pipe_runs_without_a_work_folder(tmp_path, tiny_onnx):
     write_frames(tmp_path / "frames", 3, size=(32, 32))
     proc = subprocess.run(
         [sys.executable, "-m", "d3d.cli", *_args(tiny_onnx, "frames", "-", "--resume")],
-        cwd=tmp_path, capture_output=True, timeout=120,
+        cwd=tmp_path, capture_output=True, timeout=HANG_S,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(b"YUV4MPEG2")

@@ -9,13 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import onnx
 import pytest
 import torch
-from conftest import snapshot, write_frames, write_png
+from conftest import HANG_S, Probed, snapshot, write_frames, write_png
 
 from d3d.cli import main as cli
 
@@ -435,7 +434,7 @@ D3D_EXE = str(Path(sys.executable).parent / "d3d")
 
 def _d3d(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
     """The installed executable, as a user runs it (console_main: exit codes, stdout handling)."""
-    return subprocess.run([D3D_EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=120, **kw)
+    return subprocess.run([D3D_EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=HANG_S, **kw)
 
 
 def test_closed_stdout_ends_quietly_with_141(work, tiny_checkpoint):
@@ -449,14 +448,14 @@ def test_closed_stdout_ends_quietly_with_141(work, tiny_checkpoint):
     assert len(proc.stdout.read(100)) == 100
     proc.stdout.close()
     err = proc.stderr.read().decode()
-    assert proc.wait(timeout=120) == 141, err
+    assert proc.wait(timeout=HANG_S) == 141, err
     assert "error" not in err and "Traceback" not in err and "Broken pipe" not in err, err
     assert snapshot(work) == before
     # Any command whose reader went away before it printed (`d3d info | true`): the same.
     proc = subprocess.Popen([D3D_EXE, "info"], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()
     err = proc.stderr.read().decode()
-    assert proc.wait(timeout=120) == 141 and err == "", err
+    assert proc.wait(timeout=HANG_S) == 141 and err == "", err
 
 
 def test_no_command_prints_the_usage_to_stderr_and_exits_2(tmp_path):
@@ -694,18 +693,18 @@ def test_interrupted_train_says_what_it_kept(work, capsys):
     cmd = [D3D_EXE, "train", "ds", "-o", "run", "--steps", "100000", "--epochs", "100000", "--nf", "4",
            "--d3d-blocks", "1", "--res-blocks", "1", "--batch", "1", "--patch", "4", "--save-every", "1",
            "--val-every", "1000000", "-q"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    t0 = time.monotonic()
-    while not (work / "run" / "last.pth.tar").is_file():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() - t0 < 120, "no checkpoint was saved"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    # Held before step 3: steps 0-2 are done and saved (--save-every 1), so the kept step is known.
+    run = Probed(cmd[1:], work, hold="train step 3", exe=cmd[0])
+    try:
+        run.wait_held()
+        rc, _, err, _ = run.signal(signal.SIGINT)
+    finally:
+        run.close()
+    assert rc == 130, err
     last = Path("run") / "last.pth.tar"
     line = err.strip().splitlines()[-1]
     step = torch.load(work / "run" / "last.state.pt", weights_only=True)["step"]
+    assert step == 3
     assert line == f"d3d: interrupted (SIGINT); kept {last} (step {step}): continue with --resume {last}", err
     assert "partial outputs removed" not in err and "Traceback" not in err
 

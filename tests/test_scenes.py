@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import write_png
+from conftest import HANG_S, write_png
 
 from d3d.cli import main as cli
 from d3d.errors import D3DError
@@ -227,7 +227,7 @@ def test_video_file_and_y4m_stdin_find_the_cut(tiny_checkpoint, clips, tmp_path)
     cmd = [sys.executable, "-m", "d3d.cli", "upscale", "-", "-o", str(tmp_path / "piped"), "--checkpoint",
            str(tiny_checkpoint), "--backend", "pytorch", "--no-estimate", "-q"]  # fmt: skip
     with open(y4m, "rb") as stdin:
-        proc = subprocess.run(cmd, stdin=stdin, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+        proc = subprocess.run(cmd, stdin=stdin, capture_output=True, text=True, timeout=HANG_S, env=dict(os.environ))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "scene cuts: 1 detected at 3 |" in proc.stdout
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import HANG_S
 
 from d3d.checkpoint import load_checkpoint, read_state_dict
 from d3d.data import prepare_vimeo, write_png
@@ -108,7 +109,7 @@ def test_torchrun_two_ranks_equal_one_process_on_combined_batches(septuplets, tm
 
     def train(*prefix: str, batch: int, out: str) -> subprocess.CompletedProcess:
         run = subprocess.run([*prefix, "-m", "d3d.cli", *common, "--batch", str(batch), "-o", str(tmp_path / out)],
-                             env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+                             env=env, capture_output=True, text=True, timeout=HANG_S)  # fmt: skip
         assert run.returncode == 0, run.stderr[-3000:]
         return run
 

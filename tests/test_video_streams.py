@@ -18,6 +18,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from conftest import HANG_S
 
 from d3d import D3Dnet
 from d3d.cli import main as cli
@@ -318,7 +319,7 @@ def test_y4m_pipe_in_and_out_gives_the_file_path_frames(tiny, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "d3d.cli", "upscale", "-", "-o", "-", "--onnx", str(onnx), "--no-estimate"]
     with open(y4m, "rb") as stdin:
-        proc = subprocess.run(cmd, stdin=stdin, capture_output=True, env=env, timeout=300)
+        proc = subprocess.run(cmd, stdin=stdin, capture_output=True, env=env, timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert proc.stdout.startswith(b"YUV4MPEG2 W128 H128 ")  # nothing but the stream on stdout
     assert b"done: 8 frames" in proc.stderr
@@ -340,9 +341,8 @@ def test_interrupt_while_writing_a_video_with_audio(tiny, tmp_path):
     within 2 s, one line, no output and no temporary file (the writer owns the container until it stops):
     only the frames completed so far, in d3d's work folder."""
     import signal
-    import time
 
-    from conftest import snapshot
+    from conftest import Probed, snapshot
 
     _, onnx = tiny
     src = tmp_path / "in.mp4"
@@ -356,20 +356,19 @@ def test_interrupt_while_writing_a_video_with_audio(tiny, tmp_path):
         _encode(c, v, (av.VideoFrame.from_ndarray(a, format="rgb24") for a in images), range(frames), Fraction(1, 25))
         encode_audio()
     before = snapshot(tmp_path)
-    cmd = [sys.executable, "-m", "d3d.cli", "upscale", "in.mp4", "--onnx", str(onnx), "-o", "out.mp4", "-q",
-           "--no-estimate"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().startswith("input: ")
-    t0 = time.monotonic()
-    # frames are being written (the video being encoded is in the work folder until complete)
-    while not any(p.stat().st_size > 10_000 for p in tmp_path.glob(".out.mp4.d3d-work/.out.*.mp4")):
-        assert proc.poll() is None and time.monotonic() - t0 < 120, proc.stderr.read()
-        time.sleep(0.01)
-    t0 = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
-    seconds = time.monotonic() - t0
-    assert proc.returncode == 130, err
+    args = ["upscale", "in.mp4", "--onnx", onnx, "-o", "out.mp4", "-q", "--no-estimate"]
+    # Held before frame 150 only so that it cannot end before the signal: it lands while the threads run.
+    run = Probed(args, tmp_path, hold="network 150")
+    try:
+        # frames are being written (the video being encoded is in the work folder until complete)
+        run.wait_for(
+            "network 20",
+            also=lambda: any(p.stat().st_size > 10_000 for p in tmp_path.glob(".out.mp4.d3d-work/.out.*.mp4")),
+        )
+        rc, _, err, seconds = run.signal(signal.SIGINT)
+    finally:
+        run.close()
+    assert rc == 130, err
     assert "Traceback" not in err
     assert seconds < 2.0, (seconds, err)
     # No output, no temporary file; the frames completed so far stay in d3d's work folder for --resume.

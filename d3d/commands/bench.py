@@ -127,6 +127,11 @@ def _pipeline(runner, h: int, w: int, frames: int) -> dict:
     }
 
 
+def product_on_stdout(args: argparse.Namespace) -> bool:
+    """A worker process (``--worker``) returns its figures on stdout to the parent."""
+    return bool(getattr(args, "worker", None))
+
+
 def run(args: argparse.Namespace) -> int:
     from d3d.errors import D3DError, SDKMissing
     from d3d.outputs import check_target, write_output

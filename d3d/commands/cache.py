@@ -31,6 +31,11 @@ def _line(path, info: dict) -> str:
     )
 
 
+def product_on_stdout(args: argparse.Namespace) -> bool:
+    """`cache list` prints its product; `cache clear` goes on when stdout closes."""
+    return args.action == "list"
+
+
 def run(args: argparse.Namespace) -> int:
     from d3d.export import engine_cache
 

@@ -59,6 +59,11 @@ def collect() -> dict:
     }
 
 
+def product_on_stdout(args: argparse.Namespace) -> bool:
+    """What `info` prints is its product: a closed stdout ends it (exit 141)."""
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(collect(), indent=1))

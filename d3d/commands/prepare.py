@@ -49,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from d3d.locks import exclusive
+
+    with exclusive(args.output, what="dataset folder"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from d3d.data import prepare_vid4, prepare_vimeo
     from d3d.errors import D3DError
     from d3d.outputs import check_target

@@ -37,6 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from d3d.locks import exclusive
+
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 holds the run folder for all ranks
+        return _run(args)
+    with exclusive(args.output, what="run folder"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from d3d.errors import D3DError
     from d3d.outputs import check_location, check_target, check_writable
 

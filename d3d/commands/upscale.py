@@ -96,7 +96,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def product_on_stdout(args: argparse.Namespace) -> bool:
+    """`-o -`: the video is written to stdout, so a closed stdout ends the run (exit 141); with a file
+    output the run goes on when stdout's reader goes away."""
+    return is_pipe(args.output)
+
+
 def run(args: argparse.Namespace) -> int:
+    from d3d.locks import exclusive
+
+    if is_pipe(args.output):
+        return _run_locked(args)
+    # One run per output: a second one would share the work folder, or discard its frames as a stale run's.
+    with exclusive(args.output):
+        return _run_locked(args)
+
+
+def _run_locked(args: argparse.Namespace) -> int:
     from d3d.errors import D3DError
     from d3d.outputs import write_output
     from d3d.runtime.backends import choose_backend
