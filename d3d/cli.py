@@ -43,6 +43,7 @@ if _IS_ENTRY_POINT:
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("d3d.commands.info", "show versions, backends and native libraries (--json for machines)"),
     "upscale": ("d3d.commands.upscale", "upscale a video or frame folder (the main job)"),
+    "serve": ("d3d.commands.serve", "serve the model with Triton Inference Server (one sequence per video)"),
     "export": ("d3d.commands.export", "export a checkpoint to ONNX (custom DeformConv3d node or --portable)"),
     "verify": ("d3d.commands.verify", "compare PyTorch, ONNX Runtime and TensorRT outputs with Polygraphy"),
     "build": ("d3d.commands.build", "build a TensorRT engine (with the DeformConv3d plugin) from an ONNX file"),
@@ -63,6 +64,7 @@ ENVIRONMENT = """environment:
   D3D_ORT_OPS          the ONNX Runtime DeformConv3d library (default: searched, see `d3d info`)
   D3D_TRT_PLUGIN       the TensorRT DeformConv3d plugin library (default: searched)
   D3D_BUILD_DIR        the CMake build folder searched for both (default: <checkout>/build)
+  D3D_TRITONSERVER     the tritonserver binary d3d serve runs (default: the one make setup unpacked)
 
 exit status: 0 done, 1 error, 2 missing SDK (e.g. TensorRT) or no command, 130/143 interrupted
 (SIGINT/SIGTERM), 141 standard output closed by its reader (e.g. `| head`)"""

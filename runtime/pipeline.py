@@ -36,7 +36,7 @@ from d3d.color import rgb_to_ycbcr, ycbcr_to_rgb
 from d3d.errors import D3DError, reason
 from d3d.outputs import check_target, write_manifest
 from d3d.runtime.backends.base import Runner, peak_rss_mb
-from d3d.runtime.scenes import CutTracker, SceneCuts, window_indices
+from d3d.runtime.scenes import CutTracker, SceneCuts, Window, WindowPlan
 from d3d.runtime.video import (
     ENCODERS,
     Copy,
@@ -750,48 +750,42 @@ def _network(items: Iterable[InFrame | object], runner: Runner, opts: UpscaleOpt
     cfg = runner.config
     if cfg.in_channels != 1:
         raise D3DError(f"the video pipeline feeds the Y channel: the model has {cfg.in_channels} input channels")
-    t, half, scale = cfg.frames, cfg.frames // 2, cfg.scale
+    stream = getattr(runner, "stream_frames", None)
+    if stream is not None:  # the runner keeps the ring itself (a server: d3d.runtime.backends.triton)
+        yield from stream(items, opts, clock)
+        return
+    t, scale = cfg.frames, cfg.scale
+    plan = WindowPlan(t)
     ring: dict[int, InFrame] = {}  # slot -> frame it holds
 
-    def emit(i: int, first: int, last: int):
+    def emit(w: Window):
+        i = w.index
         if i < opts.done:  # kept in the work folder: the sink restores it (its frames still fill the ring)
             return ring[i % t], None
-        # Clamped to the shot, every index is in [i - half, i + half]: none older than the ring holds.
-        slots = [j % t for j in window_indices(i, half, first, last)]
         probes.reached(f"network {i}")
         t0 = time.perf_counter()
         if opts.tile:
-            window = np.stack([ring[s].y for s in slots], axis=1)[None]
+            window = np.stack([ring[s].y for s in w.slots], axis=1)[None]
             y_sr = _tiled(runner, window, opts.tile, opts.tile_overlap, scale)
         else:
-            y_sr = runner.run(slots)
+            y_sr = runner.run(w.slots)
         clock[0] += time.perf_counter() - t0
         return ring[i % t], y_sr
 
-    next_out, n, shot = 0, -1, 0  # shot: the first frame of the current shot
     for item in items:
         if not isinstance(item, InFrame):
             yield item
             continue
-        n += 1
-        if item.cut and n > 0:
-            # A cut ends the shot like the clip's end: its waiting frames need no later frame, so they
-            # go now, before the new frame takes a ring slot.
-            while next_out < n:
-                yield emit(next_out, shot, n - 1)
-                next_out += 1
-            shot = n
-        slot = n % t
+        before, slot, after = plan.push(item.cut)
+        for w in before:
+            yield emit(w)
         ring[slot] = item
         if not opts.tile:  # tiles are cut from the host ring instead
             runner.put(slot, item.y)
-        while next_out + half <= n:
-            yield emit(next_out, shot, n)
-            next_out += 1
-    last = n
-    while 0 <= next_out <= last:
-        yield emit(next_out, shot, last)
-        next_out += 1
+        for w in after:
+            yield emit(w)
+    for w in plan.end():
+        yield emit(w)
 
 
 def _inputs(source: FrameSource, opts: UpscaleOptions, tracker: CutTracker) -> Iterator[InFrame | object]:

@@ -33,6 +33,55 @@ def window_indices(i: int, half: int, first: int, last: int) -> list[int]:
     return [min(max(j, first), last) for j in range(i - half, i + half + 1)]
 
 
+@dataclass(frozen=True)
+class Window:
+    """One output frame's window: ``index`` counts from the stream's first frame; ``slots`` are the ring
+    slots of its ``frames`` input frames, in temporal order (repeats where clamped)."""
+
+    index: int
+    slots: tuple[int, ...]
+
+
+class WindowPlan:
+    """The runtime's windows, fed one frame at a time: the local pipeline and the Triton server model
+    (:mod:`d3d.runtime.triton_model`) both follow it, so edge clamping and scene cuts are one rule.
+
+    Frame ``n`` (counted from 0) lives in ring slot ``n % frames``. :meth:`push` says which windows are
+    complete before the new frame takes its slot (a cut ends the shot like the clip's end: its waiting
+    frames need no later frame), the new frame's slot, and the windows complete once it is stored;
+    :meth:`end` completes the rest. Every window's frames are still in the ring when it is returned."""
+
+    def __init__(self, frames: int) -> None:
+        self.frames, self.half = frames, frames // 2
+        self.count = 0  # frames pushed
+        self.next_out = 0  # the first frame whose window is not yet returned
+        self.shot = 0  # the first frame of the current shot
+
+    def _complete(self, upto: int, last: int) -> list[Window]:
+        out = []
+        while self.next_out <= upto:
+            i = self.next_out
+            # Clamped to the shot, every index is in [i - half, i + half]: none older than the ring holds.
+            out.append(Window(i, tuple(j % self.frames for j in window_indices(i, self.half, self.shot, last))))
+            self.next_out += 1
+        return out
+
+    def push(self, cut: bool = False) -> tuple[list[Window], int, list[Window]]:
+        """The next frame (``cut``: it starts a shot): (windows complete before it is stored, its slot,
+        windows complete after)."""
+        n = self.count
+        before: list[Window] = []
+        if cut and n > 0:
+            before = self._complete(n - 1, n - 1)
+            self.shot = n
+        self.count = n + 1
+        return before, n % self.frames, self._complete(n - self.half, n)
+
+    def end(self) -> list[Window]:
+        """The windows of the frames still waiting, at the end of the stream."""
+        return self._complete(self.count - 1, self.count - 1)
+
+
 def read_cut_file(path: Path) -> tuple[int, ...]:
     """The frame indices in a cut list: integers separated by commas, spaces or new lines, ``#`` starting
     a comment. Sorted, without repeats; a one-line :class:`D3DError` for anything else."""

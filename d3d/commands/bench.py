@@ -7,6 +7,7 @@ the machine at hand, side by side in one run; nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -38,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=8,
         help="also time the whole pipeline (decode, network, encode) on a clip of this many frames, 0 = skip",
     )
+    tri = parser.add_argument_group("triton (the model served by Triton, streams of frames)")
+    tri.add_argument("--url", metavar="HOST:PORT", help="a running d3d serve's gRPC address (default: start one "
+                     "on free loopback ports with this model and --threads)")  # fmt: skip
+    tri.add_argument("--streams", type=positive_int, nargs="+", default=[1, 2, 4, 8], metavar="N",
+                     help="numbers of concurrent streams (videos) to measure")  # fmt: skip
+    tri.add_argument("--stream-frames", type=positive_int, default=8, help="frames each stream sends")
     parser.add_argument("--json", type=Path, help="write the results as JSON")
     add_output_flags(parser)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -139,7 +146,16 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     skipped: dict[str, str] = {}
     codes: dict[str, int] = {}
+    streams: list[dict] = []
     for backend in args.backends:
+        if get_backend(backend).remote:
+            why = get_backend(backend).unavailable()
+            if why:
+                skipped[backend], codes[backend] = why, 2
+                continue
+            print(f"benchmarking {backend} ...", flush=True)
+            streams = _bench_streams(args, source)
+            continue
         spec = {
             "backend": backend,
             "sizes": args.sizes,
@@ -165,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
             codes[backend] = proc.returncode
             continue
         rows += json.loads(proc.stdout.strip().splitlines()[-1])["rows"]
-    if not rows:
+    if not rows and not streams:
         why = "; ".join(f"{k}: {v}" for k, v in skipped.items())
         # Exit 2 where every backend failed for a missing SDK, as a single run of that backend would.
         raise (SDKMissing if codes and all(c == 2 for c in codes.values()) else D3DError)(
@@ -175,8 +191,11 @@ def run(args: argparse.Namespace) -> int:
         f"{'backend':<36} {'LR':>9} {'HR':>10} {'p50 ms':>9} {'p95 ms':>9} {'frames/s':>9} "
         f"{'net f/s':>9} {'pipe f/s':>9} {'serial':>9} {'peak MB':>8}"
     )
-    print(head)
-    print("-" * len(head))
+    if streams:
+        _print_streams(streams)
+    if rows:
+        print(head)
+        print("-" * len(head))
     for r in rows:
         lr, hr = "x".join(map(str, r["lr"])), "x".join(map(str, r["hr"]))
         pipe = f"{'-':>9} {'-':>9} {'-':>9}"
@@ -199,6 +218,124 @@ def run(args: argparse.Namespace) -> int:
     for backend, why in skipped.items():
         print(f"skipped {backend}: {why}")
     if args.json:
-        report = json.dumps({"model": source.describe(), "rows": rows, "skipped": skipped}, indent=1)
+        report = json.dumps(
+            {"model": source.describe(), "rows": rows, "streams": streams, "skipped": skipped}, indent=1
+        )
         write_output(args.json, report, inputs=(source.path,), overwrite=args.overwrite)
     return 0
+
+
+def _bench_streams(args: argparse.Namespace, source) -> list[dict]:
+    """Triton: for each size and number of concurrent streams, output frames/s over all streams and the
+    p50/p99 of each request's round trip, next to the local runner the server runs (one stream, same
+    frames, same process as this bench)."""
+    import contextlib
+    import statistics
+    import threading
+    import time
+
+    import numpy as np
+
+    from d3d.runtime.backends import create_runner, get_backend
+    from d3d.runtime.pipeline import InFrame, UpscaleOptions, _network
+
+    out: list[dict] = []
+    with contextlib.ExitStack() as stack:
+        url = args.url or stack.enter_context(_bench_server(source, args.threads))
+        local_backend = get_backend("onnxruntime")
+        local = create_runner(local_backend, source, local_backend.options(threads=args.threads))
+        stack.callback(local.close)
+        remote_backend = get_backend("triton")
+        for h, w in args.sizes:
+            rng = np.random.default_rng(0)
+            clip = [rng.random((1, h, w), dtype=np.float32) for _ in range(args.stream_frames)]
+
+            def frames(clip=clip):
+                return (InFrame(i, y) for i, y in enumerate(clip))
+
+            t0 = time.perf_counter()
+            for _ in _network(frames(), local, UpscaleOptions(), [0.0]):
+                pass
+            local_fps = len(clip) / (time.perf_counter() - t0)
+            for n in args.streams:
+                runners = [create_runner(remote_backend, source, remote_backend.options(url=url)) for _ in range(n)]
+                errors: list[BaseException] = []
+
+                def stream(runner, errors=errors):
+                    try:
+                        for _ in _network(frames(), runner, UpscaleOptions(), [0.0]):
+                            pass
+                    except BaseException as exc:
+                        errors.append(exc)
+
+                threads = [threading.Thread(target=stream, args=(r,)) for r in runners]
+                t0 = time.perf_counter()
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                seconds = time.perf_counter() - t0
+                latencies = sorted(x for r in runners for x in r.latencies)
+                for r in runners:
+                    r.close()
+                if errors:
+                    raise errors[0]
+                p99 = latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]
+                out.append({
+                    "backend": runners[0].describe(), "lr": [h, w], "streams": n, "frames": n * len(clip),
+                    "frames_per_s": n * len(clip) / seconds, "p50_ms": statistics.median(latencies) * 1e3,
+                    "p99_ms": p99 * 1e3, "local_frames_per_s": local_fps, "local": local.describe(),
+                })  # fmt: skip
+    return out
+
+
+@contextlib.contextmanager
+def _bench_server(source, threads):
+    """A d3d serve server for the bench on free loopback ports: its gRPC address."""
+    import tempfile
+
+    from d3d.commands.serve import model_identity
+    from d3d.runtime.backends import create_runner, get_backend
+    from d3d.runtime.serving import (
+        ModelSettings,
+        Ports,
+        Server,
+        find_server,
+        free_port,
+        serving_env,
+        write_python_repository,
+    )  # fmt: skip
+
+    install, env = find_server(), serving_env()
+    backend = get_backend("onnxruntime")
+    runner = create_runner(backend, source, backend.options(threads=threads))
+    identity = model_identity(source, runner)
+    runner.close()
+    settings = ModelSettings(source={"kind": source.kind, "path": str(source.path) if source.path else None,
+                                     "sha256": source.sha256}, threads=threads, identity=identity)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="d3d-bench-serve-") as tmp:
+        write_python_repository(Path(tmp), settings, env_path=env)
+        server = Server(install, Path(tmp), Ports(free_port(), free_port(), free_port()), exit_timeout=5)
+        server.start()
+        try:
+            server.wait_ready()
+            yield f"127.0.0.1:{server.ports.grpc}"
+        finally:
+            server.stop()
+
+
+def _print_streams(rows: list[dict]) -> None:
+    head = (
+        f"{'triton (server)':<36} {'LR':>9} {'streams':>8} {'frames/s':>9} {'p50 ms':>9} {'p99 ms':>9} "
+        f"{'local f/s':>10}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        lr = "x".join(map(str, r["lr"]))
+        print(
+            f"{'all streams together':<36} {lr:>9} {r['streams']:>8} {r['frames_per_s']:9.3f} {r['p50_ms']:9.1f} "
+            f"{r['p99_ms']:9.1f} {r['local_frames_per_s']:10.3f}"
+        )
+    print(f"server: {rows[0]['backend']}; local: {rows[0]['local']} in this process, one stream, the same frames")
+    print("p50/p99: each request's round trip (one LR frame in, the frames it completes out)")

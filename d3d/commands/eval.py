@@ -31,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_model_source(parser)
     src = parser.add_argument_group("backend")
-    src.add_argument("--backend", choices=["auto", *backend_names()], default="pytorch", help="where the model runs")
+    src.add_argument(
+        "--backend", choices=["auto", *backend_names(local=True)], default="pytorch", help="where the model runs"
+    )
     src.add_argument("--plugin", type=Path, help="DeformConv3d TensorRT plugin library (default: searched)")
     src.add_argument("--threads", type=positive_int, help="CPU threads for ONNX Runtime / PyTorch")
     src.add_argument("--bicubic-only", action="store_true", help="score the bicubic baseline alone (no model)")

@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     be.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the backend runs")
     be.add_argument("--plugin", type=Path, help="DeformConv3d TensorRT plugin library (default: searched)")
     be.add_argument("--threads", type=positive_int, help="CPU threads for ONNX Runtime / PyTorch")
+    be.add_argument(
+        "--url", metavar="HOST:PORT", help="triton: the d3d serve server's gRPC address (default: 127.0.0.1:8001)"
+    )
     be.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay the engine launch as a CUDA graph")
     be.add_argument("--no-estimate", action="store_true", help="skip the time/memory estimate (and its check)")
     run = parser.add_argument_group("frames")
@@ -118,6 +121,11 @@ def _run_locked(args: argparse.Namespace) -> int:
     from d3d.samples import sample_clip
 
     # Everything named must exist, and no output may endanger anything, before any slow work.
+    if args.backend == "triton":  # the server's model runs: a local one named here would not
+        named = [f for f in ("checkpoint", "onnx", "engine", "random_init") if getattr(args, f, None)]
+        if named:
+            flag = "--" + named[0].replace("_", "-")
+            raise D3DError(f"{flag} with --backend triton: the server's model runs (choose it with d3d serve {flag})")
     source_model = model_source(args)
     backend = choose_backend(args.backend, source_model.kind)
     options = backend.options(
@@ -128,6 +136,10 @@ def _run_locked(args: argparse.Namespace) -> int:
         if not hasattr(options, "plugin"):
             raise D3DError(f"--plugin is a tensorrt option; the {backend.name} backend does not load plugins")
         options.plugin = args.plugin
+    if args.url is not None:
+        if not hasattr(options, "url"):
+            raise D3DError(f"--url is a triton option; the {backend.name} backend runs here")
+        options.url = args.url
     options.validate()
     path = args.input or sample_clip(args.clip)
     scenes = SceneCuts.parse(args.scene_cuts, args.cut_threshold)
@@ -142,7 +154,7 @@ def _run_locked(args: argparse.Namespace) -> int:
         if work is not None:
             _kept_note(exc, args, work)
         raise
-    summary.weights = source_model.describe()
+    summary.weights = summary.weights or source_model.describe()  # a server's model is set by _run
     (iw, ih), (ow, oh) = summary.input_size, summary.output_size
     cuts = describe_cuts(scenes, summary.cuts)
     print(
@@ -254,8 +266,10 @@ def _run(args, path, source, source_model, backend_name: str, runner, lr, inputs
     from d3d.runtime.pipeline import UpscaleOptions, open_sink, run_upscale
     from d3d.runtime.resume import ResumableSink, fingerprint, input_listing
 
+    # A server's model (triton) is the server's, whatever the local model flags say.
+    model_text = f"the server's ({runner.identity['weights']})" if getattr(runner, "remote", False) else None
     print(f"input: {'stdin (y4m)' if is_pipe(path) else path} | backend: {runner.describe()} | "
-          f"model: {source_model.describe()}", file=say)  # fmt: skip
+          f"model: {model_text or source_model.describe()}", file=say)  # fmt: skip
     done = 0  # frames kept by an interrupted run (--resume): no network for them
     if work is not None:
         listing = input_listing(path)  # a frame folder's files, read once
@@ -276,7 +290,8 @@ def _run(args, path, source, source_model, backend_name: str, runner, lr, inputs
     if lr is not None:
         runner.check_frame_size(*lr)
         all_kept = source.total is not None and done >= source.total  # no network time to estimate
-        if not args.no_estimate and not all_kept:
+        remote = getattr(runner, "remote", False)  # a server's time and memory are not this machine's
+        if not args.no_estimate and not all_kept and not remote:
             est = estimate_run(runner, lr, args.tile, args.tile_overlap)
             avail = f"{est.available_mb:.0f} MB available" if est.available_mb is not None else "available unknown"
             print(
@@ -318,4 +333,6 @@ def _run(args, path, source, source_model, backend_name: str, runner, lr, inputs
     opts = UpscaleOptions(args.tile, args.tile_overlap, args.downscale, args.y_only, overlap=not args.serial,
                           scene_cuts=scenes, done=done)  # fmt: skip
     with tqdm(total=source.total, unit="frame", disable=args.quiet, dynamic_ncols=True, file=sys.stderr) as bar:
-        return run_upscale(source, runner, sink, opts, progress=bar)
+        summary = run_upscale(source, runner, sink, opts, progress=bar)
+    summary.weights = model_text or ""
+    return summary

@@ -42,8 +42,9 @@ def registry() -> dict[str, Backend]:
     return _REGISTRY
 
 
-def backend_names() -> list[str]:
-    return list(registry())
+def backend_names(local: bool = False) -> list[str]:
+    """Every backend's name; ``local``: only those that run the model in this process (not a server's)."""
+    return [name for name, b in registry().items() if not (local and b.remote)]
 
 
 def get_backend(name: str) -> Backend:

@@ -101,6 +101,7 @@ class Backend:
     unavailable: Callable[[], str | None]
     sources: tuple[str, ...] = ("checkpoint", "onnx", "random")  # model kinds it runs
     missing_sdk: bool = False  # True where "unavailable" means an optional SDK is not installed (exit 2)
+    remote: bool = False  # True where the model runs in a server (triton): it streams videos, not windows
 
     def create(self, source: ModelSource, options: BackendOptions | None = None) -> Runner:
         options = options or self.options()
