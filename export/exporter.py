@@ -42,6 +42,8 @@ META_TOOLCHAIN = "d3d.toolchain"
 META_IO = "d3d.io"
 META_ALIASES = "d3d.param_aliases"
 META_PORTABLE = "d3d.portable_form"
+META_PRECISION = "d3d.precision"  # the compute precision of the graph's tensors: fp32, fp16 or bf16
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 log = logging.getLogger(__name__)
 
@@ -253,3 +255,38 @@ def model_config(proto: onnx.ModelProto, source: str = "model") -> dict[str, int
 
 def has_custom_nodes(proto: onnx.ModelProto) -> bool:
     return any(n.domain == DOMAIN for n in proto.graph.node)
+
+
+_ELEM_PRECISION = {
+    onnx.TensorProto.FLOAT: "fp32",
+    onnx.TensorProto.FLOAT16: "fp16",
+    onnx.TensorProto.BFLOAT16: "bf16",
+}
+
+
+def graph_precision(proto: onnx.ModelProto) -> str:
+    """The precision of the graph's tensors: the ``d3d.precision`` metadata, else (a file from before it
+    was recorded) the floating type most of the initializers hold, else fp32."""
+    recorded = {p.key: p.value for p in proto.metadata_props}.get(META_PRECISION)
+    if recorded is not None:
+        if recorded not in PRECISIONS:
+            raise D3DError(f"{META_PRECISION} metadata {recorded!r} is not one of {', '.join(PRECISIONS)}")
+        return recorded
+    counts: dict[str, int] = {}
+    for init in proto.graph.initializer:
+        kind = _ELEM_PRECISION.get(init.data_type)
+        if kind is not None:
+            counts[kind] = counts.get(kind, 0) + 1
+    return max(counts, key=lambda k: counts[k]) if counts else "fp32"
+
+
+def resolve_precision(proto: onnx.ModelProto, requested: str | None, source: str = "model") -> str:
+    """The precision a TensorRT engine of ``proto`` has: the graph's (builds are strongly typed). A
+    different ``requested`` one is refused, naming the export that makes the right file."""
+    actual = graph_precision(proto)
+    if requested is not None and requested != actual:
+        raise D3DError(
+            f"{source} is an {actual} graph and TensorRT builds strongly typed (the engine has the graph's "
+            f"precision): for {requested}, export it with `d3d export --precision {requested}`, or drop --precision"
+        )
+    return actual

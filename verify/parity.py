@@ -5,6 +5,7 @@ Verification sits above export and runtime (it uses both), beside the CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import OrderedDict
@@ -22,7 +23,7 @@ from polygraphy.comparator import Comparator
 from polygraphy.comparator.compare import SimpleCompareFunc
 
 from d3d.errors import D3DError
-from d3d.export.exporter import INPUT_NAME, OUTPUT_NAME, model_config
+from d3d.export.exporter import INPUT_NAME, OUTPUT_NAME, model_config, resolve_precision
 from d3d.export.onnx_import import model_for_checkpoint, model_from_onnx
 
 # Default tolerances per precision (elementwise: an element fails only if it exceeds both).
@@ -61,7 +62,7 @@ class VerifyOptions:
     batch: int = 1
     seed: int = 0
     real_frames: bool = True
-    precision: str = "fp32"
+    precision: str | None = None  # None: the graph's (another one is refused: TensorRT builds strongly typed)
     atol: float | None = None
     rtol: float | None = None
     backends: Sequence[str] = ("pytorch", "onnxruntime", "tensorrt")
@@ -116,14 +117,14 @@ def _tensorrt_runner(model_path: Path, opts: VerifyOptions, config: dict):
         return None, f"Polygraphy's TensorRT backend is unavailable ({exc})"
     plugin = opts.plugin_library or find_plugin_library()
     profile = profile_for(config, opts.shapes, opts.batch)
-    engine = build_engine_bytes(model_path, precision=opts.precision, profile=profile, plugin_library=plugin)
+    engine = build_engine_bytes(model_path, profile=profile, plugin_library=plugin)
     from polygraphy.backend.trt import EngineFromBytes
 
     return TrtRunner(EngineFromBytes(engine), name="tensorrt"), None
 
 
 def tolerances(opts: VerifyOptions) -> tuple[float, float]:
-    atol, rtol = TOLERANCES[opts.precision]
+    atol, rtol = TOLERANCES[opts.precision or "fp32"]
     return (opts.atol if opts.atol is not None else atol, opts.rtol if opts.rtol is not None else rtol)
 
 
@@ -132,6 +133,7 @@ def verify(model_path: Path, proto: onnx.ModelProto, checkpoint: Path | None, op
 
     source = str(model_path)
     config = model_config(proto, source)
+    opts = dataclasses.replace(opts, precision=resolve_precision(proto, opts.precision, source))
     notes: list[str] = []
     if checkpoint is not None:
         model, notes = model_for_checkpoint(proto, checkpoint, source)

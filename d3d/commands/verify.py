@@ -23,7 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=positive_int, default=1, help="batch size of the inputs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     parser.add_argument("--no-real-frames", action="store_true", help="skip the real-footage input")
-    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="TensorRT precision")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "bf16"],
+        help="precision of the model (default: the graph's, from `d3d export --precision`; another is refused)",
+    )
     parser.add_argument("--atol", type=float, help="absolute tolerance (default per precision: fp32 1e-4)")
     parser.add_argument("--rtol", type=float, help="relative tolerance (default per precision: fp32 1e-3)")
     from d3d.runtime.backends import backend_names
