@@ -56,6 +56,8 @@ class ExportOptions:
     batch: int = 1  # example (and, when static, fixed) input size
     height: int = 64
     width: int = 64
+    precision: str = "fp32"  # the graph's tensors: fp32, fp16 (onnxconverter-common) or bf16
+    io_precision: str = "fp32"  # model input and output: fp32 (Casts at the edges) or the precision
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -103,6 +105,9 @@ def export_onnx(
 
     Input ``lr``: ``[N, C, frames, H, W]`` (Y channel in [0, 1]); output ``sr``: ``[N, C, s*H, s*W]``.
     """
+    from d3d.export.precision import check_precision
+
+    check_precision(options.precision, options.io_precision)
     model = model.eval()
     opset = resolve_opset(options, model)
     cfg = model.config
@@ -150,7 +155,12 @@ def export_onnx(
     aliases = _param_aliases(model, proto)
     if aliases:
         meta[META_ALIASES] = json.dumps(aliases, sort_keys=True)
+    meta[META_PRECISION] = "fp32"  # convert_precision records its own
     onnx.helper.set_model_props(proto, meta)
+    if options.precision != "fp32" or options.io_precision != "fp32":
+        from d3d.export.precision import convert_precision
+
+        proto = convert_precision(proto, options.precision, options.io_precision)
     proto.producer_name, proto.producer_version = "d3d-trt", d3d.__version__
     register_schema()
     proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)

@@ -24,6 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="standard ONNX ops only (GridSample + Conv, for stock TensorRT, ONNX Runtime, OpenVINO), no custom domain",
     )
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "bf16"],
+        default="fp32",
+        help="type of the graph's weights and activations (default fp32; fp16 through onnxconverter-common; "
+        "bf16 not yet); a TensorRT engine built from the file has this precision (strongly typed)",
+    )
+    parser.add_argument(
+        "--io-precision",
+        choices=["fp32", "fp16", "bf16"],
+        default="fp32",
+        help="type of the model's input and output (default fp32, with Casts at the edges; or the --precision)",
+    )
     parser.add_argument("--static", action="store_true", help="fixed input shape instead of dynamic batch/H/W")
     parser.add_argument("--batch", type=positive_int, default=1, help="example / static batch size")
     parser.add_argument("--height", type=positive_int, default=64, help="example / static LR height")
@@ -51,10 +64,12 @@ def run(args: argparse.Namespace) -> int:
     from d3d import D3Dnet, load_checkpoint
     from d3d.errors import D3DError
     from d3d.export import ExportOptions, check_opset, export_onnx, file_sha256, portable_form
+    from d3d.export.precision import check_precision
     from d3d.outputs import check_target
 
     if args.opset is not None:
         check_opset(args.opset, args.portable)  # before any slow work
+    check_precision(args.precision, args.io_precision)
     if args.random_init and args.checkpoint is not None:
         raise D3DError(f"conflicting model sources: --random-init and checkpoint {args.checkpoint}; give exactly one")
     if not args.random_init and args.checkpoint is None:
@@ -82,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         batch=args.batch,
         height=args.height,
         width=args.width,
+        precision=args.precision,
+        io_precision=args.io_precision,
     )
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
@@ -92,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     flavour = "portable (standard ops)" if args.portable else f"custom op ({custom} DeformConv3d nodes)"
     shape = "static" if args.static else "dynamic batch/height/width"
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-    print(f"wrote {args.output}: {flavour}, opset {opset}, {shape}, from {source}")
+    print(f"wrote {args.output}: {flavour}, {args.precision}, opset {opset}, {shape}, from {source}")
     if args.portable:
         print(f"portable form: {portable_form(proto)}")
     return 0
