@@ -11,6 +11,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
@@ -241,7 +242,25 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     except Exception as exc:
         raise D3DError(f"{p}: not a valid ONNX model ({summary_line(exc)})") from None
     check_custom_nodes(proto, str(p))
+    check_finite_weights(proto, str(p))
     return proto
+
+
+def check_finite_weights(proto: onnx.ModelProto, source: str = "model") -> None:
+    """Refuses a graph whose floating initializers hold NaN or Inf, as a checkpoint with them is refused
+    (d3d.checkpoint): such weights make NaN outputs that compare "equal" and frames written silently."""
+    from onnx import numpy_helper
+
+    floating = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+    for init in proto.graph.initializer:
+        if init.data_type not in floating:
+            continue
+        values = numpy_helper.to_array(init).astype(np.float32)
+        bad = int((~np.isfinite(values)).sum())
+        if bad:
+            raise D3DError(
+                f"{source}: initializer {init.name} holds {bad} NaN/Inf values: refusing to run these weights"
+            )
 
 
 def param_aliases(proto: onnx.ModelProto) -> dict[str, str]:

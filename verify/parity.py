@@ -78,6 +78,7 @@ class VerifyResult:
     runners: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    nonfinite: list[str] = field(default_factory=list)  # runners whose outputs held NaN/Inf (a failure)
 
 
 def _inputs(config: dict, opts: VerifyOptions) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
@@ -124,6 +125,9 @@ def _tensorrt_runner(model_path: Path, opts: VerifyOptions, config: dict):
 
 
 def tolerances(opts: VerifyOptions) -> tuple[float, float]:
+    for name, value in (("--atol", opts.atol), ("--rtol", opts.rtol)):
+        if value is not None and not value >= 0:  # also NaN
+            raise D3DError(f"{name} must be >= 0, got {value}")
     atol, rtol = TOLERANCES[opts.precision or "fp32"]
     return (opts.atol if opts.atol is not None else atol, opts.rtol if opts.rtol is not None else rtol)
 
@@ -158,6 +162,15 @@ def verify(model_path: Path, proto: onnx.ModelProto, checkpoint: Path | None, op
 
     labelled = list(_inputs(config, opts))
     results = Comparator.run(runners, data_loader=[feed for _, feed in labelled])
+    # NaN compared with NaN is "equal" to the comparator: any non-finite output fails on its own.
+    nonfinite = []
+    for runner_name, iterations in results:
+        for (label, _), outputs in zip(labelled, iterations, strict=True):
+            for out_name, value in outputs.items():
+                bad = int((~np.isfinite(np.asarray(value, dtype=np.float32))).sum())
+                if bad:
+                    nonfinite.append(f"{runner_name.split('-')[0]} gave {bad} NaN/Inf values in {out_name} ({label})")
+
     accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol))
     rows = []
     # One AccuracyResult per comparison function (we pass one): runner pair -> per-iteration outputs.
@@ -178,13 +191,14 @@ def verify(model_path: Path, proto: onnx.ModelProto, checkpoint: Path | None, op
                     }
                 )
     return VerifyResult(
-        passed=bool(accuracy) and all(r["passed"] for r in rows),
+        passed=bool(accuracy) and all(r["passed"] for r in rows) and not nonfinite,
         atol=atol,
         rtol=rtol,
         rows=rows,
         runners=[r.name for r in runners],
         skipped=skipped,
         notes=notes,
+        nonfinite=nonfinite,
     )
 
 

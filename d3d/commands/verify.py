@@ -65,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
         raise D3DError(f"{args.checkpoint}: no such file (--checkpoint)")
     if args.plugin is not None and not args.plugin.is_file():
         raise D3DError(f"{args.plugin}: no such file (--plugin)")
+    for name, value in (("--atol", args.atol), ("--rtol", args.rtol)):
+        if value is not None and not value >= 0:  # before any slow work; NaN too
+            raise D3DError(f"{name} must be >= 0, got {value}")
     inputs = (args.model, args.checkpoint, args.plugin)
     if args.report:
         check_target(args.report, inputs=inputs, overwrite=args.overwrite, what="--report")
@@ -90,7 +93,12 @@ def run(args: argparse.Namespace) -> int:
         _rtx_build(args, proto)
     if args.report:
         write_output(args.report, report_json(result, args.model), inputs=inputs, overwrite=args.overwrite)
-    print("PASSED" if result.passed else "FAILED: outside tolerance")
+    for line in result.nonfinite:
+        print(line)
+    if result.nonfinite:
+        print("FAILED: non-finite outputs")
+    else:
+        print("PASSED" if result.passed else "FAILED: outside tolerance")
     return 0 if result.passed else 1
 
 
