@@ -1,8 +1,8 @@
 """`d3d export --precision fp16`: the graph's weights and activations in fp16 through onnxconverter-common,
 every DeformConv3d node typed like its neighbours, fp32 I/O with Casts at the edges (or fp16 I/O), the
-precision recorded; the fp16 GridSample flavour run by ONNX Runtime on the CPU against the fp32 file
-(PSNR on real frames and random inputs at two sizes); TensorRT-RTX building the fp16 custom-op model with
-half inputs and output on every plugin layer."""
+precision recorded; both flavours in fp16 (the custom-op one through our op library's fp16 I/O) run by
+ONNX Runtime on the CPU against fp32 PyTorch (PSNR on real frames and random inputs at two sizes);
+TensorRT-RTX building the fp16 custom-op model with half inputs and output on every plugin layer."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
@@ -89,10 +88,11 @@ def _psnr(ref: np.ndarray, test: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
-def test_fp16_gridsample_flavour_on_the_cpu_psnr(tmp_path):
-    """`export_onnx(precision="fp16")` of the GridSample flavour runs in ONNX Runtime's CPU provider; its
-    output against fp32 PyTorch's, on real frames (bikes 100-106) and random inputs at two sizes, is
-    >= 50 dB. (The custom-op flavour in fp16 needs the ONNX Runtime op library to take fp16 I/O: not yet.)"""
+def test_fp16_models_on_the_cpu_psnr(tmp_path):
+    """Both flavours exported with `precision="fp16"` run end to end in ONNX Runtime on the CPU (the
+    custom-op one through our op library's fp16 I/O: widened to fp32, computed, narrowed); their output
+    against fp32 PyTorch's, on real frames (bikes 100-106) and random inputs at two sizes, is >= 50 dB."""
+    from d3d.runtime.ort import create_session
     from d3d.runtime.pipeline import read_window_y
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -101,18 +101,22 @@ def test_fp16_gridsample_flavour_on_the_cpu_psnr(tmp_path):
     for m in model.modules():
         if hasattr(m, "conv_offset"):
             torch.nn.init.normal_(m.conv_offset.weight, 0.0, 0.2)  # taps moved off the grid
-    path = tmp_path / "p16.onnx"
-    proto = export_onnx(model, path, ExportOptions(portable=True, precision="fp16", height=16, width=16))
-    assert graph_precision(proto) == "fp16" and any(n.op_type == "GridSample" for n in proto.graph.node)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(1)
-    for h, w in ((16, 24), (33, 20)):
-        for x in (rng.random((1, 1, 7, h, w), dtype=np.float32), read_window_y(7, (h, w), start=100)[None, None]):
-            with torch.no_grad():
-                ref = model(torch.from_numpy(x)).numpy()
-            got = session.run(None, {"lr": x})[0]
-            assert got.dtype == np.float32 and np.isfinite(got).all()
-            assert _psnr(ref, got) >= 50, (h, w, _psnr(ref, got))
+    for portable in (False, True):
+        path = tmp_path / f"m16_{portable}.onnx"
+        opts = ExportOptions(portable=portable, precision="fp16", height=16, width=16)
+        proto = export_onnx(model, path, opts)
+        assert graph_precision(proto) == "fp16"
+        kind = "GridSample" if portable else "DeformConv3d"
+        assert any(n.op_type == kind for n in proto.graph.node)
+        session = create_session(proto)
+        for h, w in ((16, 24), (33, 20)):
+            for x in (rng.random((1, 1, 7, h, w), dtype=np.float32), read_window_y(7, (h, w), start=100)[None, None]):
+                with torch.no_grad():
+                    ref = model(torch.from_numpy(x)).numpy()
+                got = session.run(None, {"lr": x})[0]
+                assert got.dtype == np.float32 and np.isfinite(got).all()
+                assert _psnr(ref, got) >= 50, (kind, h, w, _psnr(ref, got))
 
 
 def test_rtx_builds_the_fp16_custom_model_with_half_plugin_layers(fp16_custom, tmp_path, capsys, monkeypatch):
