@@ -72,3 +72,46 @@ def convert_precision(
         converted, {**{p.key: p.value for p in converted.metadata_props}, META_PRECISION: precision}
     )
     return converted
+
+
+FP16_MAX = 65504.0  # the largest finite float16
+
+
+def activation_peaks(model, inputs) -> list[tuple[str, float]]:
+    """Each leaf layer of ``model`` (a torch module) with the largest absolute value of its output over
+    ``inputs`` (input tensors), in fp32; largest first."""
+    import torch
+
+    peaks: dict[str, float] = {}
+
+    def hook(name):
+        def record(_module, _args, out):
+            if isinstance(out, torch.Tensor) and out.is_floating_point():
+                peaks[name] = max(peaks.get(name, 0.0), float(out.detach().abs().float().max()))
+
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n and not list(m.children())]
+    try:
+        with torch.no_grad():
+            for x in inputs:
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return sorted(peaks.items(), key=lambda kv: -kv[1])
+
+
+def check_fp16_range(model, inputs, headroom: float = 2.0) -> list[tuple[str, float]]:
+    """Refuses an fp16 export where a layer's activations on ``inputs`` come within ``headroom`` of
+    fp16's largest value (65504) or pass it: fp16 would turn them into Inf and the frames into NaN.
+    Returns the peaks (largest first) for the caller to report."""
+    peaks = activation_peaks(model, inputs)
+    over = [(n, v) for n, v in peaks if not v * headroom < FP16_MAX]  # NaN counts as over
+    if over:
+        named = ", ".join(f"{n} ({v:.3g})" for n, v in over[:4])
+        raise D3DError(
+            f"fp16 would overflow: {len(over)} layer(s) reach within {headroom:g}x of fp16's 65504 on real frames: "
+            f"{named}; export with --precision fp32"
+        )
+    return peaks

@@ -137,3 +137,27 @@ def test_rtx_builds_the_fp16_custom_model_with_half_plugin_layers(fp16_custom, t
     args = ["build", str(fp16_custom), "-o", str(out), "--builder", "tensorrt-rtx", "--plugin", str(plugin)]
     assert cli([*args, *shapes]) == 0
     assert json.loads(Path(str(out) + ".json").read_text())["precision"] == "fp16"
+
+
+def test_fp16_export_of_a_model_that_overflows_is_refused_naming_the_layer(tmp_path, capsys):
+    """A checkpoint whose first convolution is scaled so its activations on real frames pass fp16's
+    65504: `d3d export --precision fp16` refuses in one line naming that layer and writes nothing; the
+    same model unscaled is within range (its peaks are reported, largest first)."""
+    from d3d import save_checkpoint
+    from d3d.export.precision import FP16_MAX, check_fp16_range
+    from d3d.runtime.pipeline import read_window_y
+
+    torch.manual_seed(0)
+    model = D3Dnet(nf=8, d3d_blocks=1, res_blocks=1).eval()
+    frames = [torch.from_numpy(read_window_y(7, (32, 32), start=100))[None, None]]
+    peaks = check_fp16_range(model, frames)
+    assert peaks[0][1] >= peaks[-1][1] and peaks[0][1] * 2 < FP16_MAX
+    first = next(name for name, m in model.named_modules() if isinstance(m, torch.nn.Conv3d))
+    with torch.no_grad():
+        model.get_submodule(first).weight.mul_(1e6)
+    ckpt, out = tmp_path / "big.pth.tar", tmp_path / "big.onnx"
+    save_checkpoint(model, ckpt)
+    assert cli(["export", str(ckpt), "--precision", "fp16", "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "fp16 would overflow" in err and f"{first} (" in err, err
+    assert not out.exists()

@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["fp32", "fp16", "bf16"],
         default="fp32",
         help="type of the graph's weights and activations (default fp32; fp16 through onnxconverter-common; "
-        "bf16 not yet); a TensorRT engine built from the file has this precision (strongly typed)",
+        "bf16 not yet; fp16 is refused where a layer's activations on real frames would overflow it); a TensorRT "
+        "engine built from the file has this precision (strongly typed)",
     )
     parser.add_argument(
         "--io-precision",
@@ -100,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         io_precision=args.io_precision,
     )
+    if args.precision != "fp32":
+        _check_range(model)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
         proto = export_onnx(model, args.output, options, checkpoint_sha256=sha)
@@ -113,3 +116,24 @@ def run(args: argparse.Namespace) -> int:
     if args.portable:
         print(f"portable form: {portable_form(proto)}")
     return 0
+
+
+def _check_range(model) -> None:
+    """Runs the model on real frames (bikes 100-106, a 64x64 crop; random frames for a model that is not
+    Y-only) and refuses fp16 where a layer's activations would overflow it; prints the largest."""
+    import torch
+
+    from d3d.export.precision import FP16_MAX, check_fp16_range
+
+    cfg = model.config
+    if cfg.in_channels == 1:
+        from d3d.runtime.pipeline import read_window_y
+
+        inputs = [torch.from_numpy(read_window_y(cfg.frames, (64, 64), start=s))[None, None] for s in (100, 212)]
+        what = "bikes frames 100-106 and 212-218"
+    else:
+        inputs = [torch.rand(1, cfg.in_channels, cfg.frames, 64, 64, generator=torch.Generator().manual_seed(0))]
+        what = "random frames"
+    peaks = check_fp16_range(model.eval(), inputs)
+    top = ", ".join(f"{n} {v:.3g}" for n, v in peaks[:3])
+    print(f"fp16 range on {what}: largest activations {top} (fp16 max {FP16_MAX:g})")
