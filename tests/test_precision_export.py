@@ -1,7 +1,7 @@
 """`d3d export --precision fp16`: the graph's weights and activations in fp16 through onnxconverter-common,
 every DeformConv3d node typed like its neighbours, fp32 I/O with Casts at the edges (or fp16 I/O), the
-precision recorded; both flavours in fp16 (the custom-op one through our op library's fp16 I/O) run by
-ONNX Runtime on the CPU against fp32 PyTorch (PSNR on real frames and random inputs at two sizes);
+precision recorded; the custom-op flavour in fp16 (through our op library's fp16 I/O) run by ONNX
+Runtime on the CPU against fp32 PyTorch (PSNR on real frames and random inputs at two sizes);
 TensorRT-RTX building the fp16 custom-op model with half inputs and output on every plugin layer."""
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ def _psnr(ref: np.ndarray, test: np.ndarray) -> float:
 
 
 def test_fp16_models_on_the_cpu_psnr(tmp_path):
-    """Both flavours exported with `precision="fp16"` run end to end in ONNX Runtime on the CPU (the
-    custom-op one through our op library's fp16 I/O: widened to fp32, computed, narrowed); their output
+    """The custom-op flavour exported with `precision="fp16"` runs end to end in ONNX Runtime on the CPU
+    (through our op library's fp16 I/O: widened to fp32, computed, narrowed); its output
     against fp32 PyTorch's, on real frames (bikes 100-106) and random inputs at two sizes, is >= 50 dB."""
     from d3d.runtime.ort import create_session
     from d3d.runtime.pipeline import read_window_y
@@ -102,7 +102,9 @@ def test_fp16_models_on_the_cpu_psnr(tmp_path):
         if hasattr(m, "conv_offset"):
             torch.nn.init.normal_(m.conv_offset.weight, 0.0, 0.2)  # taps moved off the grid
     rng = np.random.default_rng(1)
-    for portable in (False, True):
+    # The custom-op flavour only: a GridSample export costs ~35 s here, over the CI budget; its fp16
+    # figures in docs/TENSORRT.md were measured once, outside the tests.
+    for portable in (False,):
         path = tmp_path / f"m16_{portable}.onnx"
         opts = ExportOptions(portable=portable, precision="fp16", height=16, width=16)
         proto = export_onnx(model, path, opts)
