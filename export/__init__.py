@@ -6,10 +6,12 @@ from d3d.export.exporter import (
     check_opset,
     export_onnx,
     file_sha256,
+    graph_precision,
     has_custom_nodes,
     load_model,
     model_config,
     portable_form,
+    resolve_precision,
     save_model,
 )
 from d3d.export.schema import register_schema
@@ -19,10 +21,12 @@ __all__ = [
     "check_opset",
     "export_onnx",
     "file_sha256",
+    "graph_precision",
     "has_custom_nodes",
     "load_model",
     "model_config",
     "portable_form",
     "register_schema",
+    "resolve_precision",
     "save_model",
 ]

@@ -3,7 +3,8 @@
 An engine is valid only for the exact inputs it was built from, so the key holds every one of them: the
 ONNX file's sha256, the DeformConv3d plugin library's sha256 (a custom-op model runs the plugin's code;
 a rebuilt plugin may serialize other fields), the builder and its version, the GPU (name and compute
-capability; for an ahead-of-time TensorRT-RTX build, the target compute capability), the precision and
+capability; for an ahead-of-time TensorRT-RTX build, the target compute capability), the precision (the
+graph's: builds are strongly typed, so it is the ONNX file's recorded ``d3d.precision``) and
 the optimization profile (min/opt/max). As vs-mlrt does, the file name spells the settings out, plus a
 short hash of the whole key: ``<onnx sha8>_<builder>-<version>_<gpu>_<precision>_<BxHxW min-opt-max>_<key12>.engine``.
 
@@ -35,7 +36,7 @@ from d3d.export.exporter import file_sha256
 logger = logging.getLogger(__name__)
 
 TOOL = "d3d-trt engine cache"
-FORMAT = 1  # bumped when the key or the sidecar changes meaning: old entries then miss
+FORMAT = 2  # bumped when the key or the sidecar changes meaning: old entries then miss (2: the graph's precision)
 SUFFIX = ".engine"
 SIDECAR_SUFFIX = ".json"
 
@@ -247,15 +248,16 @@ def clear(root: Path | None = None) -> int:
 
 def tensorrt_engine(
     onnx_path: Path,
-    precision: str,
+    precision: str | None,
     profile: Sequence[Sequence[int]],
     plugin: Path | None = None,
     root: Path | None = None,
 ) -> CachedEngine:
     """A TensorRT engine of ``onnx_path`` for this machine's GPU, built on first use (GPU machines only).
+    ``precision``: None or the graph's own (another one is refused: builds are strongly typed).
     ``plugin``: the DeformConv3d library (default: searched), loaded where the model has DeformConv3d nodes."""
     import d3d
-    from d3d.export import has_custom_nodes, load_model, model_config
+    from d3d.export import has_custom_nodes, load_model, model_config, resolve_precision
     from d3d.export.tensorrt import build_engine_bytes, device_description, find_plugin_library, import_tensorrt
 
     trt = import_tensorrt()
@@ -263,6 +265,7 @@ def tensorrt_engine(
     if dev["gpu"] is None:
         raise D3DError("building a TensorRT engine needs a CUDA GPU; none was found")
     proto = load_model(onnx_path)
+    precision = resolve_precision(proto, precision, str(onnx_path))
     plugin_lib = find_plugin_library(plugin) if has_custom_nodes(proto) else None
     key = engine_key(
         onnx_path,
@@ -282,7 +285,7 @@ def tensorrt_engine(
     }
     return get_or_build(
         key,
-        lambda: build_engine_bytes(onnx_path, precision, tuple(profile), plugin_lib),  # type: ignore[arg-type]
+        lambda: build_engine_bytes(onnx_path, tuple(profile), plugin_lib),  # type: ignore[arg-type]
         extra,
         root,
     )
@@ -311,9 +314,14 @@ def rtx_engine(
     root: Path | None = None,
 ) -> CachedEngine:
     """A TensorRT-RTX engine built ahead of time (on the CPU) for ``compute_capability``, cached; the
-    DeformConv3d plugin ``plugin`` is loaded (and keyed) where given. fp32: TensorRT-RTX chooses the
-    precision from the graph (strongly typed)."""
+    DeformConv3d plugin ``plugin`` is loaded (and keyed) where given. The precision (keyed) is the
+    graph's: TensorRT-RTX builds strongly typed."""
+    import onnx
+
+    from d3d.export import graph_precision
     from d3d.export.rtx import build_rtx
+
+    precision = graph_precision(onnx.load(str(onnx_path), load_external_data=False))
 
     key = engine_key(
         onnx_path,
@@ -322,7 +330,7 @@ def rtx_engine(
         builder_version=rtx_version(),
         gpu=None,
         compute_capability=compute_capability,
-        precision="fp32",
+        precision=precision,
         profile=profile,
     )
     libs = [plugin] if plugin is not None else []

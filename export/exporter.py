@@ -11,6 +11,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
@@ -43,6 +44,8 @@ META_TOOLCHAIN = "d3d.toolchain"
 META_IO = "d3d.io"
 META_ALIASES = "d3d.param_aliases"
 META_PORTABLE = "d3d.portable_form"
+META_PRECISION = "d3d.precision"  # the compute precision of the graph's tensors: fp32, fp16 or bf16
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ class ExportOptions:
     batch: int = 1  # example (and, when static, fixed) input size
     height: int = 64
     width: int = 64
+    precision: str = "fp32"  # the graph's tensors: fp32, fp16 (onnxconverter-common) or bf16
+    io_precision: str = "fp32"  # model input and output: fp32 (Casts at the edges) or the precision
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -102,6 +107,9 @@ def export_onnx(
 
     Input ``lr``: ``[N, C, frames, H, W]`` (Y channel in [0, 1]); output ``sr``: ``[N, C, s*H, s*W]``.
     """
+    from d3d.export.precision import check_precision
+
+    check_precision(options.precision, options.io_precision)
     model = model.eval()
     opset = resolve_opset(options, model)
     cfg = model.config
@@ -149,7 +157,12 @@ def export_onnx(
     aliases = _param_aliases(model, proto)
     if aliases:
         meta[META_ALIASES] = json.dumps(aliases, sort_keys=True)
+    meta[META_PRECISION] = "fp32"  # convert_precision records its own
     onnx.helper.set_model_props(proto, meta)
+    if options.precision != "fp32" or options.io_precision != "fp32":
+        from d3d.export.precision import convert_precision
+
+        proto = convert_precision(proto, options.precision, options.io_precision)
     proto.producer_name, proto.producer_version = "d3d-trt", d3d.__version__
     register_schema()
     proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
@@ -231,7 +244,25 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     except Exception as exc:
         raise D3DError(f"{p}: not a valid ONNX model ({summary_line(exc)})") from None
     check_custom_nodes(proto, str(p))
+    check_finite_weights(proto, str(p))
     return proto
+
+
+def check_finite_weights(proto: onnx.ModelProto, source: str = "model") -> None:
+    """Refuses a graph whose floating initializers hold NaN or Inf, as a checkpoint with them is refused
+    (d3d.checkpoint): such weights make NaN outputs that compare "equal" and frames written silently."""
+    from onnx import numpy_helper
+
+    floating = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+    for init in proto.graph.initializer:
+        if init.data_type not in floating:
+            continue
+        values = numpy_helper.to_array(init).astype(np.float32)
+        bad = int((~np.isfinite(values)).sum())
+        if bad:
+            raise D3DError(
+                f"{source}: initializer {init.name} holds {bad} NaN/Inf values: refusing to run these weights"
+            )
 
 
 def param_aliases(proto: onnx.ModelProto) -> dict[str, str]:
@@ -255,3 +286,38 @@ def model_config(proto: onnx.ModelProto, source: str = "model") -> dict[str, int
 
 def has_custom_nodes(proto: onnx.ModelProto) -> bool:
     return any(n.domain == DOMAIN for n in proto.graph.node)
+
+
+_ELEM_PRECISION = {
+    onnx.TensorProto.FLOAT: "fp32",
+    onnx.TensorProto.FLOAT16: "fp16",
+    onnx.TensorProto.BFLOAT16: "bf16",
+}
+
+
+def graph_precision(proto: onnx.ModelProto) -> str:
+    """The precision of the graph's tensors: the ``d3d.precision`` metadata, else (a file from before it
+    was recorded) the floating type most of the initializers hold, else fp32."""
+    recorded = {p.key: p.value for p in proto.metadata_props}.get(META_PRECISION)
+    if recorded is not None:
+        if recorded not in PRECISIONS:
+            raise D3DError(f"{META_PRECISION} metadata {recorded!r} is not one of {', '.join(PRECISIONS)}")
+        return recorded
+    counts: dict[str, int] = {}
+    for init in proto.graph.initializer:
+        kind = _ELEM_PRECISION.get(init.data_type)
+        if kind is not None:
+            counts[kind] = counts.get(kind, 0) + 1
+    return max(counts, key=lambda k: counts[k]) if counts else "fp32"
+
+
+def resolve_precision(proto: onnx.ModelProto, requested: str | None, source: str = "model") -> str:
+    """The precision a TensorRT engine of ``proto`` has: the graph's (builds are strongly typed). A
+    different ``requested`` one is refused, naming the export that makes the right file."""
+    actual = graph_precision(proto)
+    if requested is not None and requested != actual:
+        raise D3DError(
+            f"{source} is an {actual} graph and TensorRT builds strongly typed (the engine has the graph's "
+            f"precision): for {requested}, export it with `d3d export --precision {requested}`, or drop --precision"
+        )
+    return actual

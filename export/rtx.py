@@ -1,9 +1,10 @@
-"""Ahead-of-time engine builds with TensorRT-RTX, which needs no GPU: proof on a CPU-only machine that
-a TensorRT ONNX parser and builder accept a graph — the portable flavour as it is, and the custom-op
+"""Ahead-of-time engine builds with TensorRT-RTX, which needs no GPU: proof on a CPU-only machine that a
+TensorRT ONNX parser and builder accept a graph — the portable flavour as it is, and the custom-op
 model with the DeformConv3d plugin library loaded (``IPluginRegistry::loadLibrary``), which turns each
 DeformConv3d node into a ``PLUGIN_V3`` layer and makes the builder call the plugin's build-phase methods
 (output shapes, formats, configurePlugin, workspace, serialization, clone; not enqueue). Running such an
-engine needs a GPU.
+engine needs a GPU. Strongly typed: the engine's precision is the graph's (``_trt_build``, which the
+TensorRT build shares).
 
 The build runs in a child process (``_rtx_worker.py``) with a symlink ``libtensorrt_rtx.so`` ->
 ``libtensorrt_rtx.so.1`` on ``LD_LIBRARY_PATH``: TensorRT-RTX's parser dlopens the unversioned name,
@@ -39,6 +40,9 @@ class RtxBuild:
     layers: int
     plugin_layers: int  # PLUGIN_V3 layers (one per DeformConv3d node of a custom-op model)
     log: list[str] = field(default_factory=list)  # the builder's warnings and errors
+    strongly_typed: bool = False  # the network was created with the STRONGLY_TYPED flag
+    plugin_io_types: list[list[str]] = field(default_factory=list)  # per plugin layer: input dtypes, "->", outputs
+    version: str = ""  # TensorRT-RTX's own version string
 
 
 def _rtx_lib_dir() -> Path:
@@ -121,7 +125,15 @@ def build_rtx(
                 reply["stage"], f"could not build an engine for {compute_capability}"
             )
             raise D3DError(f"{onnx_path}: TensorRT-RTX: {what}: {reasons}")
-        return RtxBuild(out.read_bytes(), reply["layers"], reply["plugin_layers"], plugin_lines + reply["log"])
+        return RtxBuild(
+            out.read_bytes(),
+            reply["layers"],
+            reply["plugin_layers"],
+            plugin_lines + reply["log"],
+            reply["strongly_typed"],
+            reply["plugin_io_types"],
+            reply["version"],
+        )
 
 
 def build_engine_rtx(

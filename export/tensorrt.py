@@ -83,7 +83,6 @@ def plugin_for_model(onnx_path: Path, explicit: str | os.PathLike[str] | None = 
 
 def build_engine_bytes(
     onnx_path: Path,
-    precision: str = "fp32",
     profile: tuple[Shape, Shape, Shape] | None = None,
     plugin_library: Path | None = None,
     timing_cache: Path | None = None,
@@ -92,42 +91,35 @@ def build_engine_bytes(
     input_name: str = "lr",
 ) -> bytes:
     """Parses ``onnx_path`` with TensorRT's ONNX parser (the DeformConv3d plugin loaded where given or
-    where the model needs it) and builds a serialized engine."""
+    where the model needs it) and builds a serialized engine, strongly typed: its precision is the
+    graph's (:func:`d3d.export.graph_precision`; no precision builder flag exists on TensorRT 11)."""
+    from d3d.export._trt_build import BuildFailed, build_serialized
+
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     plugin = plugin_for_model(onnx_path, plugin_library)
     if plugin is not None:
         load_plugin(trt, logger, plugin)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise D3DError(f"{onnx_path}: TensorRT's ONNX parser refused the model: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    config.builder_optimization_level = optimization_level
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "bf16":
-        config.set_flag(trt.BuilderFlag.BF16)
-    elif precision != "fp32":
-        raise D3DError(f"unknown precision {precision!r}: use fp32, fp16 or bf16")
-    if profile is not None:
-        p = builder.create_optimization_profile()
-        p.set_shape(input_name, *[tuple(s) for s in profile])
-        config.add_optimization_profile(p)
     cache = None
     if timing_cache is not None:
-        data = timing_cache.read_bytes() if timing_cache.is_file() else b""
-        cache = config.create_timing_cache(data)
-        config.set_timing_cache(cache, ignore_mismatch=False)
-    engine = builder.build_serialized_network(network, config)
-    if engine is None:
-        raise D3DError(f"{onnx_path}: TensorRT failed to build an engine (see the log above)")
-    if cache is not None:
-        timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
-    return bytes(engine)
+        cache = timing_cache.read_bytes() if timing_cache.is_file() else b""
+    try:
+        built, new_cache = build_serialized(
+            trt,
+            logger,
+            str(onnx_path),
+            profile,
+            input_name,
+            workspace_gib=workspace_gib,
+            optimization_level=optimization_level,
+            timing_cache=cache,
+        )
+    except BuildFailed as exc:
+        what = "TensorRT's ONNX parser refused the model" if exc.stage == "parse" else "TensorRT failed to build"
+        raise D3DError(f"{onnx_path}: {what}: {'; '.join(exc.errors)}") from None
+    if timing_cache is not None and new_cache is not None:
+        timing_cache.write_bytes(new_cache)
+    return built.engine
 
 
 def sidecar_path(engine_path: Path) -> Path:

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _node_model(attrs: dict, w: np.ndarray, b: np.ndarray | None) -> onnx.ModelProto:
+def _node_model(attrs: dict, w: np.ndarray, b: np.ndarray | None, elem: int = TensorProto.FLOAT) -> onnx.ModelProto:
     """One DeformConv3d node as the exporter writes it: X and offset inputs with dynamic sizes, W/B constants."""
     inputs = ["x", "offset", "w"] + (["b"] if b is not None else [])
     node = helper.make_node("DeformConv3d", inputs, ["y"], domain="d3d", **attrs)
@@ -43,10 +43,10 @@ def _node_model(attrs: dict, w: np.ndarray, b: np.ndarray | None) -> onnx.ModelP
         [node],
         "deform_conv3d",
         [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, dyn),
-            helper.make_tensor_value_info("offset", TensorProto.FLOAT, ["n", "oc", "t2", "h2", "w2"]),
+            helper.make_tensor_value_info("x", elem, dyn),
+            helper.make_tensor_value_info("offset", elem, ["n", "oc", "t2", "h2", "w2"]),
         ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", elem, None)],
         inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("d3d", 1)])
@@ -115,6 +115,26 @@ BAD_ATTRS = [
     ({"plugin_version": "2"}, "plugin_version"),
     ({"dilations": [1.0, 1.0, 1.0]}, "dilations"),
 ]
+
+
+@pytest.mark.parametrize("case,dims", [(CASES[1], "HW"), (CASES[2], "THW"), (CASES[3], "TW")])
+def test_fp16_io_is_the_fp32_op_rounded(gen, case, dims):
+    """fp16 I/O: inputs widened to fp32, the same fp32 kernel, the output rounded to fp16 once. So the
+    fp16 node's output equals the fp32 node's output (on the same fp16-representable inputs) rounded to
+    fp16, exactly; taps past the faces of the volume included."""
+    n, c, o, size, k, st, pd, dl, g, og, with_bias = case
+    x = torch.randn(n, c, *size, generator=gen).half().numpy()
+    w = (torch.randn(o, c // g, *k, generator=gen) * 0.3).half().numpy()
+    b = torch.randn(o, generator=gen).half().numpy() if with_bias else None
+    oshape = (n, og * k[0] * k[1] * k[2] * len(dims), *output_size(size, k, st, pd, dl))
+    off = (torch.randn(oshape, generator=gen) * (max(size) / 2)).half().numpy()  # some taps land outside
+    attrs = _attrs(st, pd, dl, g, og, dims)
+    f16 = create_session(_node_model(attrs, w, b, TensorProto.FLOAT16))
+    f32 = create_session(_node_model(attrs, w.astype(np.float32), None if b is None else b.astype(np.float32)))
+    got = f16.run(None, {"x": x, "offset": off})[0]
+    want = f32.run(None, {"x": x.astype(np.float32), "offset": off.astype(np.float32)})[0]
+    assert got.dtype == np.float16 and np.isfinite(got).all()
+    np.testing.assert_array_equal(got, want.astype(np.float16))
 
 
 @pytest.mark.parametrize("bad,message", BAD_ATTRS)

@@ -5,6 +5,7 @@ Verification sits above export and runtime (it uses both), beside the CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import OrderedDict
@@ -22,7 +23,7 @@ from polygraphy.comparator import Comparator
 from polygraphy.comparator.compare import SimpleCompareFunc
 
 from d3d.errors import D3DError
-from d3d.export.exporter import INPUT_NAME, OUTPUT_NAME, model_config
+from d3d.export.exporter import INPUT_NAME, OUTPUT_NAME, model_config, resolve_precision
 from d3d.export.onnx_import import model_for_checkpoint, model_from_onnx
 
 # Default tolerances per precision (elementwise: an element fails only if it exceeds both).
@@ -61,7 +62,7 @@ class VerifyOptions:
     batch: int = 1
     seed: int = 0
     real_frames: bool = True
-    precision: str = "fp32"
+    precision: str | None = None  # None: the graph's (another one is refused: TensorRT builds strongly typed)
     atol: float | None = None
     rtol: float | None = None
     backends: Sequence[str] = ("pytorch", "onnxruntime", "tensorrt")
@@ -77,6 +78,7 @@ class VerifyResult:
     runners: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    nonfinite: list[str] = field(default_factory=list)  # runners whose outputs held NaN/Inf (a failure)
 
 
 def _inputs(config: dict, opts: VerifyOptions) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
@@ -116,14 +118,17 @@ def _tensorrt_runner(model_path: Path, opts: VerifyOptions, config: dict):
         return None, f"Polygraphy's TensorRT backend is unavailable ({exc})"
     plugin = opts.plugin_library or find_plugin_library()
     profile = profile_for(config, opts.shapes, opts.batch)
-    engine = build_engine_bytes(model_path, precision=opts.precision, profile=profile, plugin_library=plugin)
+    engine = build_engine_bytes(model_path, profile=profile, plugin_library=plugin)
     from polygraphy.backend.trt import EngineFromBytes
 
     return TrtRunner(EngineFromBytes(engine), name="tensorrt"), None
 
 
 def tolerances(opts: VerifyOptions) -> tuple[float, float]:
-    atol, rtol = TOLERANCES[opts.precision]
+    for name, value in (("--atol", opts.atol), ("--rtol", opts.rtol)):
+        if value is not None and not value >= 0:  # also NaN
+            raise D3DError(f"{name} must be >= 0, got {value}")
+    atol, rtol = TOLERANCES[opts.precision or "fp32"]
     return (opts.atol if opts.atol is not None else atol, opts.rtol if opts.rtol is not None else rtol)
 
 
@@ -132,6 +137,7 @@ def verify(model_path: Path, proto: onnx.ModelProto, checkpoint: Path | None, op
 
     source = str(model_path)
     config = model_config(proto, source)
+    opts = dataclasses.replace(opts, precision=resolve_precision(proto, opts.precision, source))
     notes: list[str] = []
     if checkpoint is not None:
         model, notes = model_for_checkpoint(proto, checkpoint, source)
@@ -156,6 +162,15 @@ def verify(model_path: Path, proto: onnx.ModelProto, checkpoint: Path | None, op
 
     labelled = list(_inputs(config, opts))
     results = Comparator.run(runners, data_loader=[feed for _, feed in labelled])
+    # NaN compared with NaN is "equal" to the comparator: any non-finite output fails on its own.
+    nonfinite = []
+    for runner_name, iterations in results:
+        for (label, _), outputs in zip(labelled, iterations, strict=True):
+            for out_name, value in outputs.items():
+                bad = int((~np.isfinite(np.asarray(value, dtype=np.float32))).sum())
+                if bad:
+                    nonfinite.append(f"{runner_name.split('-')[0]} gave {bad} NaN/Inf values in {out_name} ({label})")
+
     accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol))
     rows = []
     # One AccuracyResult per comparison function (we pass one): runner pair -> per-iteration outputs.
@@ -176,13 +191,14 @@ def verify(model_path: Path, proto: onnx.ModelProto, checkpoint: Path | None, op
                     }
                 )
     return VerifyResult(
-        passed=bool(accuracy) and all(r["passed"] for r in rows),
+        passed=bool(accuracy) and all(r["passed"] for r in rows) and not nonfinite,
         atol=atol,
         rtol=rtol,
         rows=rows,
         runners=[r.name for r in runners],
         skipped=skipped,
         notes=notes,
+        nonfinite=nonfinite,
     )
 
 

@@ -24,6 +24,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="standard ONNX ops only (GridSample + Conv, for stock TensorRT, ONNX Runtime, OpenVINO), no custom domain",
     )
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "bf16"],
+        default="fp32",
+        help="type of the graph's weights and activations (default fp32; fp16 through onnxconverter-common; "
+        "bf16 not yet; fp16 is refused where a layer's activations on real frames would overflow it); a TensorRT "
+        "engine built from the file has this precision (strongly typed)",
+    )
+    parser.add_argument(
+        "--io-precision",
+        choices=["fp32", "fp16", "bf16"],
+        default="fp32",
+        help="type of the model's input and output (default fp32, with Casts at the edges; or the --precision)",
+    )
     parser.add_argument("--static", action="store_true", help="fixed input shape instead of dynamic batch/H/W")
     parser.add_argument("--batch", type=positive_int, default=1, help="example / static batch size")
     parser.add_argument("--height", type=positive_int, default=64, help="example / static LR height")
@@ -51,10 +65,12 @@ def run(args: argparse.Namespace) -> int:
     from d3d import D3Dnet, load_checkpoint
     from d3d.errors import D3DError
     from d3d.export import ExportOptions, check_opset, export_onnx, file_sha256, portable_form
+    from d3d.export.precision import check_precision
     from d3d.outputs import check_target
 
     if args.opset is not None:
         check_opset(args.opset, args.portable)  # before any slow work
+    check_precision(args.precision, args.io_precision)
     if args.random_init and args.checkpoint is not None:
         raise D3DError(f"conflicting model sources: --random-init and checkpoint {args.checkpoint}; give exactly one")
     if not args.random_init and args.checkpoint is None:
@@ -82,7 +98,11 @@ def run(args: argparse.Namespace) -> int:
         batch=args.batch,
         height=args.height,
         width=args.width,
+        precision=args.precision,
+        io_precision=args.io_precision,
     )
+    if args.precision != "fp32":
+        _check_range(model)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
         proto = export_onnx(model, args.output, options, checkpoint_sha256=sha)
@@ -92,7 +112,28 @@ def run(args: argparse.Namespace) -> int:
     flavour = "portable (standard ops)" if args.portable else f"custom op ({custom} DeformConv3d nodes)"
     shape = "static" if args.static else "dynamic batch/height/width"
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-    print(f"wrote {args.output}: {flavour}, opset {opset}, {shape}, from {source}")
+    print(f"wrote {args.output}: {flavour}, {args.precision}, opset {opset}, {shape}, from {source}")
     if args.portable:
         print(f"portable form: {portable_form(proto)}")
     return 0
+
+
+def _check_range(model) -> None:
+    """Runs the model on real frames (bikes 100-106, a 64x64 crop; random frames for a model that is not
+    Y-only) and refuses fp16 where a layer's activations would overflow it; prints the largest."""
+    import torch
+
+    from d3d.export.precision import FP16_MAX, check_fp16_range
+
+    cfg = model.config
+    if cfg.in_channels == 1:
+        from d3d.runtime.pipeline import read_window_y
+
+        inputs = [torch.from_numpy(read_window_y(cfg.frames, (64, 64), start=s))[None, None] for s in (100, 212)]
+        what = "bikes frames 100-106 and 212-218"
+    else:
+        inputs = [torch.rand(1, cfg.in_channels, cfg.frames, 64, 64, generator=torch.Generator().manual_seed(0))]
+        what = "random frames"
+    peaks = check_fp16_range(model.eval(), inputs)
+    top = ", ".join(f"{n} {v:.3g}" for n, v in peaks[:3])
+    print(f"fp16 range on {what}: largest activations {top} (fp16 max {FP16_MAX:g})")

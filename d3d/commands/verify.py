@@ -23,7 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=positive_int, default=1, help="batch size of the inputs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     parser.add_argument("--no-real-frames", action="store_true", help="skip the real-footage input")
-    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="TensorRT precision")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "bf16"],
+        help="precision of the model (default: the graph's, from `d3d export --precision`; another is refused)",
+    )
     parser.add_argument("--atol", type=float, help="absolute tolerance (default per precision: fp32 1e-4)")
     parser.add_argument("--rtol", type=float, help="relative tolerance (default per precision: fp32 1e-3)")
     from d3d.runtime.backends import backend_names
@@ -61,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
         raise D3DError(f"{args.checkpoint}: no such file (--checkpoint)")
     if args.plugin is not None and not args.plugin.is_file():
         raise D3DError(f"{args.plugin}: no such file (--plugin)")
+    for name, value in (("--atol", args.atol), ("--rtol", args.rtol)):
+        if value is not None and not value >= 0:  # before any slow work; NaN too
+            raise D3DError(f"{name} must be >= 0, got {value}")
     inputs = (args.model, args.checkpoint, args.plugin)
     if args.report:
         check_target(args.report, inputs=inputs, overwrite=args.overwrite, what="--report")
@@ -86,7 +93,12 @@ def run(args: argparse.Namespace) -> int:
         _rtx_build(args, proto)
     if args.report:
         write_output(args.report, report_json(result, args.model), inputs=inputs, overwrite=args.overwrite)
-    print("PASSED" if result.passed else "FAILED: outside tolerance")
+    for line in result.nonfinite:
+        print(line)
+    if result.nonfinite:
+        print("FAILED: non-finite outputs")
+    else:
+        print("PASSED" if result.passed else "FAILED: outside tolerance")
     return 0 if result.passed else 1
 
 

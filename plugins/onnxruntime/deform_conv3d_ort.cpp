@@ -151,6 +151,29 @@ OrtStatus* view(const OrtValue* v, TensorView* out) {
   return st;
 }
 
+size_t elems(const std::vector<int64_t>& d) {
+  size_t n = 1;
+  for (int64_t v : d) n *= static_cast<size_t>(v);
+  return n;
+}
+
+#ifdef __FLT16_MAX__  // the compiler's IEEE half type (GCC >= 12, Clang on x86-64): its conversions round to nearest
+constexpr bool kHalfIO = true;
+void widen(const void* src, size_t n, std::vector<float>* dst) {
+  const _Float16* h = static_cast<const _Float16*>(src);
+  dst->resize(n);
+  for (size_t i = 0; i < n; ++i) (*dst)[i] = static_cast<float>(h[i]);
+}
+void narrow(const std::vector<float>& src, void* dst) {
+  _Float16* h = static_cast<_Float16*>(dst);
+  for (size_t i = 0; i < src.size(); ++i) h[i] = static_cast<_Float16>(src[i]);
+}
+#else
+constexpr bool kHalfIO = false;  // no half type: the fp16 op is not registered
+void widen(const void*, size_t, std::vector<float>*) {}
+void narrow(const std::vector<float>&, void*) {}
+#endif
+
 std::string dims_text(const std::vector<int64_t>& d) {
   std::string s = "[";
   for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
@@ -171,8 +194,11 @@ OrtStatus* prepare(const OrtApi* api, OrtKernelContext* ctx, const DeformConv3dA
     if (OrtStatus* st = g_api->KernelContext_GetInput(ctx, i, &v)) return st;
     if (v == nullptr) continue;  // an omitted optional bias
     if (OrtStatus* st = view(v, &t[i])) return st;
-    if (t[i].type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
-      return fail(ORT_INVALID_ARGUMENT, std::string("input ") + kNames[i] + " must be float32");
+    const bool half = t[i].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+    if (t[i].type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT && !(half && kHalfIO))
+      return fail(ORT_INVALID_ARGUMENT, std::string("input ") + kNames[i] + " must be float32 or float16");
+    if (t[i].type != t[0].type)
+      return fail(ORT_INVALID_ARGUMENT, std::string("input ") + kNames[i] + " must have the type of X");
     const size_t rank = i == 3 ? 1 : 5;
     if (t[i].dims.size() != rank)
       return fail(ORT_INVALID_ARGUMENT, std::string("input ") + kNames[i] + " must be " + std::to_string(rank) +
@@ -194,13 +220,25 @@ OrtStatus* prepare(const OrtApi* api, OrtKernelContext* ctx, const DeformConv3dA
     if (t[i].value == nullptr) continue;
     // GetTensorMutableData reads inputs too, and exists in every API version.
     if (OrtStatus* st = g_api->GetTensorMutableData(const_cast<OrtValue*>(t[i].value), &data)) return st;
-    *in[i] = static_cast<const float*>(data);
+    if (t[0].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16) {
+      widen(data, elems(t[i].dims), &p->widened[i]);
+      *in[i] = p->widened[i].data();
+    } else {
+      *in[i] = static_cast<const float*>(data);
+    }
   }
   const int64_t out_dims[5] = {s.n, s.o, s.out[0], s.out[1], s.out[2]};
   OrtValue* out = nullptr;
   if (OrtStatus* st = g_api->KernelContext_GetOutput(ctx, 0, out_dims, 5, &out)) return st;
   if (OrtStatus* st = g_api->GetTensorMutableData(out, &data)) return st;
-  p->y = static_cast<float*>(data);
+  if (t[0].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16) {
+    p->y_count = static_cast<size_t>(s.n * s.o * s.out[0] * s.out[1] * s.out[2]);
+    p->y_wide.resize(p->y_count);
+    p->y = p->y_wide.data();
+    p->y_half = data;
+  } else {
+    p->y = static_cast<float*>(data);
+  }
   return nullptr;
 }
 
@@ -220,7 +258,9 @@ OrtStatus* compute_cpu(OrtKernelContext* ctx, const Problem& p) {
   if (!scratch) return fail(ORT_FAIL, "out of memory for the channels-last input copy");
   const std::string err = cpu::forward_fused(s, p.x, p.offset, p.weight, p.bias, p.y, scratch.get(), OrtFor{ctx},
                                              cpu::OpenBlasGemm{b.sgemm});
-  return err.empty() ? nullptr : fail(ORT_FAIL, err);
+  if (!err.empty()) return fail(ORT_FAIL, err);
+  if (p.y_half != nullptr) narrow(p.y_wide, p.y_half);
+  return nullptr;
 }
 
 OrtStatus* ORT_API_CALL create_kernel_v2(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info,
@@ -229,7 +269,8 @@ OrtStatus* ORT_API_CALL compute_v2(void* kernel, OrtKernelContext* ctx) noexcept
 
 struct DeformConv3dOp : OrtCustomOp {
   bool cuda;
-  explicit DeformConv3dOp(bool on_cuda) : OrtCustomOp(), cuda(on_cuda) {
+  ONNXTensorElementDataType type;  // of every input and the output
+  DeformConv3dOp(bool on_cuda, ONNXTensorElementDataType io_type) : OrtCustomOp(), cuda(on_cuda), type(io_type) {
     version = ORT_API_VERSION;
     // The V1 entry points are not used for an op of this version (ONNX Runtime calls the V2 ones, which
     // can return errors); they are set because no callback of the declared version may be NULL.
@@ -248,9 +289,9 @@ struct DeformConv3dOp : OrtCustomOp {
     GetExecutionProviderType = [](const OrtCustomOp* op) {
       return static_cast<const DeformConv3dOp*>(op)->cuda ? "CUDAExecutionProvider" : "CPUExecutionProvider";
     };
-    GetInputType = [](const OrtCustomOp*, size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; };
+    GetInputType = [](const OrtCustomOp* op, size_t) { return static_cast<const DeformConv3dOp*>(op)->type; };
     GetInputTypeCount = [](const OrtCustomOp*) -> size_t { return 4; };
-    GetOutputType = [](const OrtCustomOp*, size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; };
+    GetOutputType = [](const OrtCustomOp* op, size_t) { return static_cast<const DeformConv3dOp*>(op)->type; };
     GetOutputTypeCount = [](const OrtCustomOp*) -> size_t { return 1; };
     KernelDestroy = [](void* kernel) { delete static_cast<Kernel*>(kernel); };
     GetInputCharacteristic = [](const OrtCustomOp*, size_t i) {
@@ -341,15 +382,20 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL Regist
     return v1 != nullptr ? v1->CreateStatus(ORT_FAIL, msg.c_str()) : nullptr;
   }
   g_api = api;
-  static DeformConv3dOp cpu_op(false);
+  static DeformConv3dOp cpu_op(false, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  // fp16 I/O on the CPU: converted in, computed in fp32 by the same kernel, converted out.
+  static DeformConv3dOp cpu_half_op(false, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16);
   // Domains must outlive every session that uses them: one per registration, kept until exit.
   static std::mutex mu;
   std::lock_guard<std::mutex> lock(mu);
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* st = api->CreateCustomOpDomain(kDomain, &domain)) return st;
   if (OrtStatus* st = api->CustomOpDomain_Add(domain, &cpu_op)) return st;
+  if (kHalfIO) {
+    if (OrtStatus* st = api->CustomOpDomain_Add(domain, &cpu_half_op)) return st;
+  }
 #ifdef D3D_ORT_WITH_CUDA
-  static DeformConv3dOp cuda_op(true);
+  static DeformConv3dOp cuda_op(true, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
   if (cuda_provider_available()) {
     if (OrtStatus* st = api->CustomOpDomain_Add(domain, &cuda_op)) return st;
   }

@@ -2,7 +2,9 @@
 // (deform_conv3d_ort.cpp) and the CUDA execution provider's op (deform_conv3d_ort_cuda.cu).
 #pragma once
 
+#include <cstddef>
 #include <string>
+#include <vector>
 
 #include "deform_conv3d_attrs.h"
 #include "deform_conv3d_shape.h"
@@ -22,6 +24,12 @@ struct Problem {
   const float* weight = nullptr;
   const float* bias = nullptr;
   float* y = nullptr;
+  // fp16 I/O (CPU op only): the inputs widened to fp32 here, computed in fp32, the output narrowed
+  // back into y_half (y_count elements) afterwards; sampling, weights and sums stay fp32 throughout.
+  std::vector<float> widened[4];
+  std::vector<float> y_wide;
+  void* y_half = nullptr;
+  size_t y_count = 0;
 };
 
 // Reads and checks the inputs of a DeformConv3d node and allocates its output. Returns nullptr or the

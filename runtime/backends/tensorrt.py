@@ -187,7 +187,8 @@ def _create(source, options: TensorRTOptions) -> TensorRTRunner:
 
         cfg = model_config(load_model(source.path), str(source.path))
         profile = [(b, cfg["in_channels"], cfg["frames"], h, w) for b, h, w in ONNX_PROFILE_BHW]
-        return TensorRTRunner(tensorrt_engine(source.path, options.precision, profile, options.plugin).path, options)
+        # None: the engine has the graph's precision (strongly typed); options.precision is not a build choice.
+        return TensorRTRunner(tensorrt_engine(source.path, None, profile, options.plugin).path, options)
     return TensorRTRunner(source.path, options)
 
 
