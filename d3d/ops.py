@@ -17,10 +17,14 @@ from d3d._native import NativeBuildError, load_native
 from d3d.reference import IntOr3, deform_conv3d_reference, triple
 
 __all__ = [
+    "CPU_ISA_PATHS",
     "NativeBuildError",
+    "cpu_isa",
+    "cpu_isa_detected",
     "deform_conv3d",
     "deform_conv3d_reference",
     "ensure_native",
+    "force_cpu_isa",
     "native_available",
     "output_size",
 ]
@@ -57,6 +61,32 @@ def ensure_native() -> None:
         load_native()
         _register_python_parts()
         _registered = True
+
+
+# The fused CPU forward's instruction-set paths (plugins/kernels/deform_conv3d_cpu_gemm.h), lowest first.
+CPU_ISA_PATHS = ("generic", "avx2", "avx512")
+
+
+def cpu_isa() -> str:
+    """The path the native CPU forward takes in this process: "avx512", "avx2" or "generic" (the CPU's
+    best unless D3D_CPU_ISA or force_cpu_isa() lowered it)."""
+    ensure_native()
+    return str(torch.ops.d3d.cpu_isa())
+
+
+def cpu_isa_detected() -> str:
+    """The best path this CPU can execute."""
+    ensure_native()
+    return str(torch.ops.d3d.cpu_isa_detected())
+
+
+def force_cpu_isa(isa: str) -> bool:
+    """Makes the native CPU forward take `isa` (one of CPU_ISA_PATHS) in this process; False, and
+    nothing changed, where the CPU cannot execute it."""
+    if isa not in CPU_ISA_PATHS:
+        raise ValueError(f"unknown CPU path {isa!r}; one of {', '.join(CPU_ISA_PATHS)}")
+    ensure_native()
+    return bool(torch.ops.d3d.force_cpu_isa(isa))
 
 
 def native_available() -> bool:
