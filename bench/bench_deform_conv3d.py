@@ -84,17 +84,6 @@ def _deformconv19_session(w2: np.ndarray, b: np.ndarray, threads: int):
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def cpu_instruction_sets() -> str:
-    """The vector instruction sets /proc/cpuinfo lists that the kernel cares about ("?" elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith(("flags", "Features"))), [])
-    except OSError:
-        return "?"
-    found = [name for name in ("avx512f", "avx2", "fma", "asimd", "sve") if name in flags]
-    return " ".join(found) or "none of avx512f/avx2/fma/asimd"
-
-
 def _size(text: str) -> tuple[int, int]:
     h, w = text.lower().split("x")
     return int(h), int(w)
@@ -117,7 +106,7 @@ def main() -> None:
     if args.isa:  # read by both op libraries when they load
         os.environ["D3D_CPU_ISA"] = args.isa
     ensure_native()
-    from d3d.ops import cpu_isa, cpu_isa_detected
+    from d3d.ops import cpu_instruction_sets, cpu_isa, cpu_kernel_summary
 
     torch.manual_seed(0)
     threads = torch.get_num_threads()
@@ -135,7 +124,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     head = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} threads"
     print(f"{head}, load average {load:.2f} at start")
-    print(f"CPU instruction sets: {cpu_instruction_sets()}; kernel path {cpu_isa()} (best here {cpu_isa_detected()})")
+    print(cpu_kernel_summary())
     print(f"{'LR':>8} {'torch op ms':>12} {'ORT op ms':>10} {'conv3d ms':>10} {'torch/conv':>11} {'ORT/conv':>9}")
     rows = []
     for h, wd in args.sizes:

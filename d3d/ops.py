@@ -19,8 +19,10 @@ from d3d.reference import IntOr3, deform_conv3d_reference, triple
 __all__ = [
     "CPU_ISA_PATHS",
     "NativeBuildError",
+    "cpu_instruction_sets",
     "cpu_isa",
     "cpu_isa_detected",
+    "cpu_kernel_summary",
     "deform_conv3d",
     "deform_conv3d_reference",
     "ensure_native",
@@ -78,6 +80,25 @@ def cpu_isa_detected() -> str:
     """The best path this CPU can execute."""
     ensure_native()
     return str(torch.ops.d3d.cpu_isa_detected())
+
+
+def cpu_instruction_sets() -> str:
+    """The vector instruction sets the kernel cares about that /proc/cpuinfo lists ("?" where unreadable)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith(("flags", "Features"))), [])
+    except OSError:
+        return "?"
+    return " ".join(n for n in ("avx512f", "avx2", "fma", "asimd", "sve") if n in flags) or "none of avx512f/avx2/fma"
+
+
+def cpu_kernel_summary() -> str:
+    """One line for benchmark reports: the CPU's instruction sets and the path the CPU kernel takes."""
+    try:
+        path = f"{cpu_isa()} (best here {cpu_isa_detected()}; D3D_CPU_ISA lowers it)"
+    except NativeBuildError as exc:
+        path = f"unavailable ({exc})"
+    return f"CPU instruction sets: {cpu_instruction_sets()}; DeformConv3d CPU kernel path: {path}"
 
 
 def force_cpu_isa(isa: str) -> bool:
