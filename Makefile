@@ -29,7 +29,7 @@ BUILD_TRT11 ?= $(BUILD)-trt11
 # Only the adapter's own sources: every noexcept method must keep exceptions in (TensorRT calls them).
 TIDY_SOURCES = plugins/tensorrt/deform_conv3d_plugin.cpp plugins/core/plugin_core.cpp
 
-.PHONY: setup native demo test lint cpp-test py-test bench gpu-check clean
+.PHONY: setup native demo test lint cpp-test py-test bench arm64-test gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -107,6 +107,18 @@ test: lint cpp-test py-test
 bench: setup
 	$(BIN)/python bench/bench_deform_conv3d.py
 
+# The host kernel tests (plugins/tests/test_kernels.cpp: the generic CPU path, no x86 vector code) built
+# for ARM64 with Debian's cross compiler and run under qemu-user (apt-get install g++-aarch64-linux-gnu
+# qemu-user). ~35 s to build, ~1 s to run; not part of `make test`.
+ARM64_CXX ?= aarch64-linux-gnu-g++
+arm64-test:
+	@command -v $(ARM64_CXX) >/dev/null && command -v qemu-aarch64 >/dev/null || \
+	  { echo "arm64-test: needs $(ARM64_CXX) and qemu-aarch64 (apt-get install g++-aarch64-linux-gnu qemu-user)"; exit 2; }
+	mkdir -p $(BUILD)-arm64
+	$(ARM64_CXX) -O2 -std=c++17 -Wall -Wextra -Werror -Iplugins/kernels -Iplugins/tests \
+	  plugins/tests/test_kernels.cpp -o $(BUILD)-arm64/test_kernels
+	qemu-aarch64 -L /usr/aarch64-linux-gnu $(BUILD)-arm64/test_kernels
+
 # On a machine with an NVIDIA GPU and its own PyTorch (never the pinned CPU venv, never a download): builds
 # the CUDA op and the plugin, checks the CUDA op against the CPU op, runs the plugin harness's enqueue on the
 # GPU, benchmarks against cuDNN and the network per frame. GPU_PYTHON: the interpreter with CUDA PyTorch.
@@ -117,4 +129,4 @@ gpu-check:
 	  $(if $(TRT_INCLUDE),--trt-include $(TRT_INCLUDE)) $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf $(BUILD) $(BUILD_TRT11) $(BUILD)-gpu $(VENV)
+	rm -rf $(BUILD) $(BUILD_TRT11) $(BUILD)-gpu $(BUILD)-arm64 $(VENV)

@@ -1,8 +1,13 @@
 """DeformConv3d at D3Dnet's layer shape, side by side in one run: the PyTorch op (native CPU kernel),
 the ONNX Runtime op (libd3d_ort_ops.so, the same kernel with OpenBLAS) and ``F.conv3d`` of the same
-shape and multiply-adds (oneDNN), optionally the pure-PyTorch reference.
+shape and multiply-adds (oneDNN), optionally the pure-PyTorch reference. Then the layer folded to 2-D
+(frames into the batch, a 1x3x3 kernel): our op against ONNX Runtime's built-in ``DeformConv``
+(opset 19) on the same work.
 
     python bench/bench_deform_conv3d.py [--sizes 32x32 68x160 180x320] [--repeat 5] [--json out.json]
+        [--isa generic|avx2|avx512]
+
+The CPU's instruction sets and the kernel path taken (D3D_CPU_ISA, which --isa sets) are printed first.
 
 64 -> 64 channels, 3x3x3 kernel, padding 1, T = 7, deform_dims "HW", offsets N(0, 1) px (taps between
 pixels, some past the frame), fp32, forward, median time per call. Not a test: ratios depend on the
@@ -15,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import time
 from functools import partial
 
 import numpy as np
@@ -55,6 +61,29 @@ def _ort_session(w: np.ndarray, b: np.ndarray, threads: int):
     return create_session(model, threads=threads)
 
 
+def _deformconv19_session(w2: np.ndarray, b: np.ndarray, threads: int):
+    """ONNX Runtime's built-in DeformConv (opset 19), one 3x3 node: x [N, C, H, W], offset [N, 18, H, W]."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    node = helper.make_node("DeformConv", ["x", "w", "offset", "b"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    graph = helper.make_graph(
+        [node],
+        "layer2d",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("offset", TensorProto.FLOAT, None),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w2, "w"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
 def _size(text: str) -> tuple[int, int]:
     h, w = text.lower().split("x")
     return int(h), int(w)
@@ -70,9 +99,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--reference", action="store_true", help="also time the pure-PyTorch reference (slow)")
     ap.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime op")
+    ap.add_argument("--no-2d", action="store_true", help="skip the 2-D comparison with ONNX Runtime's DeformConv")
+    ap.add_argument("--isa", choices=["generic", "avx2", "avx512"], help="force the kernel path (D3D_CPU_ISA)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
+    if args.isa:  # read by both op libraries when they load
+        os.environ["D3D_CPU_ISA"] = args.isa
     ensure_native()
+    from d3d.ops import cpu_instruction_sets, cpu_isa, cpu_kernel_summary
+
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     c = args.channels
@@ -89,6 +124,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     head = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} threads"
     print(f"{head}, load average {load:.2f} at start")
+    print(cpu_kernel_summary())
     print(f"{'LR':>8} {'torch op ms':>12} {'ORT op ms':>10} {'conv3d ms':>10} {'torch/conv':>11} {'ORT/conv':>9}")
     rows = []
     for h, wd in args.sizes:
@@ -120,9 +156,51 @@ def main() -> None:
             + ", ".join(f"{k} {v * 1e3:.1f} ms ({v / cpu['conv3d']:.2f}x conv3d)" for k, v in cpu.items())
         )
         rows.append(row)
+    rows2d = [] if args.no_2d else _bench_2d(args, w, b, threads, deform_conv3d)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "threads": threads, "load_avg": load, "rows": rows}, f, indent=1)
+            meta = {"torch": torch.__version__, "threads": threads, "load_avg": load, "kernel_path": cpu_isa()}
+            json.dump({**meta, "isa": cpu_instruction_sets(), "rows": rows, "rows_2d": rows2d}, f, indent=1)
+
+
+def _bench_2d(args, w: torch.Tensor, b: torch.Tensor, threads: int, deform_conv3d) -> list[dict]:
+    """D3Dnet's layer folded to 2-D: the frames are the batch of one 3x3 deformable convolution. Our op
+    runs it as a 1x3x3 DeformConv3d on [1, C, T, H, W]; ONNX Runtime's DeformConv on [T, C, H, W]; the
+    same multiply-adds, the offsets in each one's layout. Interleaved, median of --repeat."""
+    w2 = w[:, :, 1].contiguous()  # [O, C, 3, 3]
+    try:
+        sess = _deformconv19_session(w2.numpy(), b.numpy(), threads)
+    except Exception as exc:  # an ONNX Runtime without DeformConv on this provider
+        print(f"2-D comparison skipped: ONNX Runtime DeformConv: {str(exc).splitlines()[0]}")
+        return []
+    print(
+        f"\n2-D layer (frames into batch, 3x3): {'LR':>8} {'our op ms':>10} {'ORT DeformConv ms':>18} {'ORT/ours':>9}"
+    )
+    rows = []
+    c, t = w.shape[1], args.frames
+    for h, wd in args.sizes:
+        x = torch.randn(1, c, t, h, wd)
+        off = torch.randn(1, 18, t, h, wd)
+        x2 = x[0].transpose(0, 1).contiguous().numpy()  # [T, C, H, W]
+        off2 = off[0].transpose(0, 1).contiguous().numpy()
+        ours = partial(deform_conv3d, x, off, w2[:, :, None], b, padding=(0, 1, 1), deform_dims="HW")
+        feed = {"x": x2, "offset": off2}
+        ort_run = partial(sess.run, None, feed)
+        with torch.no_grad():
+            ours(), ort_run()  # warm-up
+            t_ours, t_ort = [], []
+            for _ in range(args.repeat):  # A/B interleaved: the shared machine's load hits both alike
+                for fn, times in ((ours, t_ours), (ort_run, t_ort)):
+                    t0 = time.perf_counter()
+                    fn()
+                    times.append(time.perf_counter() - t0)
+        row = {"lr": [h, wd], "ours_s": float(np.median(t_ours)), "ort_deformconv_s": float(np.median(t_ort))}
+        print(
+            f"{'':35} {h}x{wd:<5} {row['ours_s'] * 1e3:10.1f} {row['ort_deformconv_s'] * 1e3:18.1f} "
+            f"{row['ort_deformconv_s'] / row['ours_s']:8.2f}x"
+        )
+        rows.append(row)
+    return rows
 
 
 if __name__ == "__main__":

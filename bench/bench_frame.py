@@ -3,6 +3,11 @@ same model with each deformable convolution run as a plain ``conv3d`` (its "dens
 convolutions still run, their output is dropped), and the custom-op ONNX export in ONNX Runtime.
 
     python bench/bench_frame.py [--size 68x160] [--repeat 3] [--offset-std 0.15] [--json out.json]
+        [--breakdown]
+
+--breakdown also says where the PyTorch frame's CPU time goes: the offset convolutions, the
+deformable convolutions (our op) and the rest, from module hooks (process CPU time, summed over
+--repeat frames). D3D_CPU_ISA chooses the kernel path; the path taken is printed.
 
 Seeded random weights in the paper's configuration (x4, 7 frames, nf 64, 5 + 6 blocks). The offset
 convolutions get random weights too (``--offset-std``; 0 keeps the seed's zero initialisation, where
@@ -17,11 +22,42 @@ import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from timing import median_times
+
+
+def _breakdown(model, packs, x, repeat: int) -> dict:
+    """CPU seconds per frame of the offset convolutions, the deformable convolutions and the rest."""
+    spent = {"offset_convs_cpu_s": 0.0, "packs": 0.0, "frame": 0.0}
+    started: dict[int, float] = {}
+    handles = []
+    for m, key in [(m, "packs") for m in packs] + [(m.conv_offset, "offset_convs_cpu_s") for m in packs]:
+        handles.append(m.register_forward_pre_hook(lambda mod, _i: started.__setitem__(id(mod), time.process_time())))
+        handles.append(
+            m.register_forward_hook(
+                lambda mod, _i, _o, key=key: spent.__setitem__(key, spent[key] + time.process_time() - started[id(mod)])
+            )
+        )
+    model(x)  # warm-up
+    for k in spent:
+        spent[k] = 0.0
+    for _ in range(repeat):
+        t0 = time.process_time()
+        model(x)
+        spent["frame"] += time.process_time() - t0
+    for hnd in handles:
+        hnd.remove()
+    per = {k: v / repeat for k, v in spent.items()}
+    return {
+        "frame_cpu_s": per["frame"],
+        "offset_convs_cpu_s": per["offset_convs_cpu_s"],
+        "deform_convs_cpu_s": per["packs"] - per["offset_convs_cpu_s"],
+        "rest_cpu_s": per["frame"] - per["packs"],
+    }
 
 
 def _dense_forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -33,13 +69,14 @@ def _dense_forward(self, input: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     from d3d.model import D3Dnet
     from d3d.modules import DeformConv3dPack
-    from d3d.ops import ensure_native
+    from d3d.ops import cpu_kernel_summary, ensure_native
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="68x160", help="LR HxW")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--offset-std", type=float, default=0.15, help="std of the offset convolutions' weights")
     ap.add_argument("--no-ort", action="store_true")
+    ap.add_argument("--breakdown", action="store_true", help="where the PyTorch frame's CPU time goes")
     ap.add_argument("--json")
     args = ap.parse_args()
     h, w = (int(v) for v in args.size.lower().split("x"))
@@ -61,6 +98,8 @@ def main() -> None:
         hook.remove()
         row["mean_abs_offset_px_first_layer"] = seen[0]
         row["pytorch_s"], row["pytorch_cpu_s"] = median_times(lambda: model(x), args.repeat)
+        if args.breakdown:
+            row["breakdown"] = _breakdown(model, packs, x, args.repeat)
         for m in packs:
             m.forward = _dense_forward.__get__(m)
         row["dense_twin_s"], row["dense_twin_cpu_s"] = median_times(lambda: model(x), args.repeat)
@@ -78,6 +117,7 @@ def main() -> None:
         feed = {sess.get_inputs()[0].name: x.numpy()}
         row["onnxruntime_s"], row["onnxruntime_cpu_s"] = median_times(lambda: sess.run(None, feed), args.repeat)
     print(f"LR {h}x{w}, {row['threads']} threads, load average {row['load_avg']:.2f} at start")
+    print(cpu_kernel_summary())
     print(f"mean |offset| of the first deformable layer: {row['mean_abs_offset_px_first_layer']:.2f} px")
     print(f"PyTorch model      {row['pytorch_s'] * 1e3:8.0f} ms")
     twin_ratio = row["pytorch_s"] / row["dense_twin_s"]
@@ -87,6 +127,19 @@ def main() -> None:
         print(f"ONNX Runtime       {row['onnxruntime_s'] * 1e3:8.0f} ms   (ORT / PyTorch {ort_ratio:.2f}x)")
     cpu = {k[:-6]: v for k, v in row.items() if k.endswith("_cpu_s")}
     print("CPU time: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in cpu.items()))
+    if "breakdown" in row:
+        b = row["breakdown"]
+        print(
+            f"PyTorch frame CPU time {b['frame_cpu_s'] * 1e3:.0f} ms: "
+            + ", ".join(
+                f"{name} {b[key] * 1e3:.0f} ms ({b[key] / b['frame_cpu_s']:.0%})"
+                for name, key in (
+                    ("offset convs", "offset_convs_cpu_s"),
+                    ("deformable convs", "deform_convs_cpu_s"),
+                    ("rest", "rest_cpu_s"),
+                )
+            )
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(row, indent=1))
 

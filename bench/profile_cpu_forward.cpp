@@ -123,11 +123,11 @@ int main(int argc, char** argv) {
   const auto host = median_ms([&] { gemms(false); }, repeat);
   const double gflop = 2.0 * s.o * s.col_rows() * s.out_spatial() / 1e9;
   std::printf(
-      "%lldx%lld, %d threads, tile %lld, own GEMM %s, OpenBLAS core %s; wall (CPU) ms:\n"
+      "%lldx%lld, %d threads, tile %lld, kernel path %s (D3D_CPU_ISA), OpenBLAS core %s; wall (CPU) ms:\n"
       "  forward %.1f (%.1f) | forward with OpenBLAS %.1f (%.1f) | sampling alone %.1f (%.1f)\n"
       "  own GEMMs alone %.1f (%.1f), %.0f GFLOP/s per thread | OpenBLAS GEMMs alone %.1f (%.1f), %.0f GFLOP/s per "
       "thread\n",
-      (long long)H, (long long)W, threads, (long long)tile, d3d::cpu::avx512_available() ? "AVX-512" : "none",
+      (long long)H, (long long)W, threads, (long long)tile, d3d::cpu::cpu_isa_name(d3d::cpu::cpu_isa()),
       scipy_openblas_get_corename(), full.first, full.second, full_host.first, full_host.second, sample.first,
       sample.second, own.first, own.second, gflop / own.second * 1e3, host.first, host.second,
       gflop / host.second * 1e3);

@@ -17,10 +17,16 @@ from d3d._native import NativeBuildError, load_native
 from d3d.reference import IntOr3, deform_conv3d_reference, triple
 
 __all__ = [
+    "CPU_ISA_PATHS",
     "NativeBuildError",
+    "cpu_instruction_sets",
+    "cpu_isa",
+    "cpu_isa_detected",
+    "cpu_kernel_summary",
     "deform_conv3d",
     "deform_conv3d_reference",
     "ensure_native",
+    "force_cpu_isa",
     "native_available",
     "output_size",
 ]
@@ -57,6 +63,51 @@ def ensure_native() -> None:
         load_native()
         _register_python_parts()
         _registered = True
+
+
+# The fused CPU forward's instruction-set paths (plugins/kernels/deform_conv3d_cpu_gemm.h), lowest first.
+CPU_ISA_PATHS = ("generic", "avx2", "avx512")
+
+
+def cpu_isa() -> str:
+    """The path the native CPU forward takes in this process: "avx512", "avx2" or "generic" (the CPU's
+    best unless D3D_CPU_ISA or force_cpu_isa() lowered it)."""
+    ensure_native()
+    return str(torch.ops.d3d.cpu_isa())
+
+
+def cpu_isa_detected() -> str:
+    """The best path this CPU can execute."""
+    ensure_native()
+    return str(torch.ops.d3d.cpu_isa_detected())
+
+
+def cpu_instruction_sets() -> str:
+    """The vector instruction sets the kernel cares about that /proc/cpuinfo lists ("?" where unreadable)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith(("flags", "Features"))), [])
+    except OSError:
+        return "?"
+    return " ".join(n for n in ("avx512f", "avx2", "fma", "asimd", "sve") if n in flags) or "none of avx512f/avx2/fma"
+
+
+def cpu_kernel_summary() -> str:
+    """One line for benchmark reports: the CPU's instruction sets and the path the CPU kernel takes."""
+    try:
+        path = f"{cpu_isa()} (best here {cpu_isa_detected()}; D3D_CPU_ISA lowers it)"
+    except NativeBuildError as exc:
+        path = f"unavailable ({exc})"
+    return f"CPU instruction sets: {cpu_instruction_sets()}; DeformConv3d CPU kernel path: {path}"
+
+
+def force_cpu_isa(isa: str) -> bool:
+    """Makes the native CPU forward take `isa` (one of CPU_ISA_PATHS) in this process; False, and
+    nothing changed, where the CPU cannot execute it."""
+    if isa not in CPU_ISA_PATHS:
+        raise ValueError(f"unknown CPU path {isa!r}; one of {', '.join(CPU_ISA_PATHS)}")
+    ensure_native()
+    return bool(torch.ops.d3d.force_cpu_isa(isa))
 
 
 def native_available() -> bool:

@@ -52,4 +52,10 @@ def test_bench_measures_two_backends(tmp_path, capsys):
         # (Values only: ratios between them are measurements, too noisy on a shared machine to assert.)
         assert r["pipeline_frames"] == 8 and r["pipeline_fps"] > 0 and r["pipeline_serial_fps"] > 0
         assert r["pipeline_network_fps"] > 0 and r["pipeline_io_fps"] > 0
-    assert "p50 ms" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "p50 ms" in out
+    # The CPU's instruction sets and the DeformConv3d kernel path, in the report and the JSON.
+    from d3d.ops import cpu_isa
+
+    assert f"DeformConv3d CPU kernel path: {cpu_isa()}" in out
+    assert f"kernel path: {cpu_isa()}" in json.loads(report.read_text())["cpu"]

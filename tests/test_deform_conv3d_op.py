@@ -78,20 +78,60 @@ def test_low_precision_io(native, gen, dtype, tol):
     assert rel <= tol, f"{dtype}: relative error {rel:.3e}"
 
 
-@pytest.mark.parametrize("o,groups", [(64, 1), (32, 1), (96, 2), (80, 1)])
-def test_fp32_at_d3dnet_channel_counts(native, gen, o, groups):
-    """fp32 with output-channel groups of a multiple of 16, which take the kernel's own AVX-512 GEMM on
-    such CPUs (plugins/kernels/deform_conv3d_cpu_gemm.h), against the fp64 reference."""
-    c, size = 8, (3, 6, 29)  # 522 positions: several tiles, the last block of positions partial
+_ISA_FEATURE = {"avx2": "AVX2+FMA", "avx512": "AVX-512F"}
+
+
+@pytest.fixture(params=["generic", "avx2", "avx512"])
+def cpu_path(request, native):
+    """Each instruction-set path of the fused CPU forward in turn; a path this CPU cannot execute is
+    skipped, naming the missing instruction set."""
+    from d3d.ops import cpu_isa, force_cpu_isa
+
+    before = cpu_isa()
+    if not force_cpu_isa(request.param):
+        pytest.skip(f"{request.param} path not run: this CPU has no {_ISA_FEATURE[request.param]}")
+    assert cpu_isa() == request.param
+    yield request.param
+    force_cpu_isa(before)
+
+
+# (output channels, groups, offset groups, stride, dilation): output-channel groups of 64, 32, 48, 80
+# (AVX-512 and AVX2 vector blocks of 16/8 lanes and their remainders), 8 (one AVX2 vector, the host
+# GEMM on AVX-512) and 2 (the host GEMM everywhere).
+_FP32_LAYERS = [
+    (64, 1, 1, 1, 1),
+    (32, 1, 2, 1, 1),
+    (96, 2, 1, 1, 1),
+    (80, 1, 1, 2, 1),
+    (24, 3, 3, 1, 2),
+    (6, 3, 2, 2, 2),
+]
+
+
+@pytest.mark.parametrize("o,groups,offset_groups,stride,dilation", _FP32_LAYERS)
+def test_fp32_at_d3dnet_channel_counts(cpu_path, gen, o, groups, offset_groups, stride, dilation):
+    """fp32 on each CPU path (the kernel's own AVX-512 / AVX2 GEMM and the AVX-512 sampler where they
+    apply, plugins/kernels/deform_conv3d_cpu_gemm.h; OpenBLAS on "generic") against the fp64
+    reference."""
+    c, size = 12, (3, 6, 29)  # 522 positions: several tiles, the last block of positions partial
     x = torch.randn(1, c, *size, generator=gen, dtype=torch.float64)
     w = torch.randn(o, c // groups, 3, 3, 3, generator=gen, dtype=torch.float64) / 15.0
     b = torch.randn(o, generator=gen, dtype=torch.float64)
-    off = _random_offsets((1, 2 * 27, *size), size, gen)
-    kw = dict(padding=1, groups=groups, deform_dims="HW")
+    out = output_size(size, (3, 3, 3), stride, dilation, dilation)
+    off = _random_offsets((1, offset_groups * 2 * 27, *out), size, gen)
+    kw = dict(stride=stride, padding=dilation, dilation=dilation, groups=groups, offset_groups=offset_groups)
+    kw["deform_dims"] = "HW"
     x, w, b, off = (t.float().double() for t in (x, w, b, off))  # the reference sees exactly the fp32 values
     want = deform_conv3d_reference(x, off, w, b, **kw)
     got = deform_conv3d(x.float(), off.float(), w.float(), b.float(), **kw)
-    torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=0)
+    torch.testing.assert_close(got.double(), want, atol=3e-5, rtol=0)
+
+
+def test_unknown_cpu_path_is_refused(native):
+    from d3d.ops import force_cpu_isa
+
+    with pytest.raises(ValueError, match="unknown CPU path"):
+        force_cpu_isa("sse9")
 
 
 @pytest.mark.parametrize("dims", ["HW", "THW"])
@@ -213,3 +253,19 @@ def test_fp32_forward_runs_on_openblas_also_when_the_build_is_cached(native, tmp
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=HANG_S)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "openblas"
+
+
+def test_d3d_cpu_isa_environment_lowers_the_path(native):
+    """D3D_CPU_ISA=generic, read when the op library loads, puts the CPU forward on the host's GEMM;
+    it never raises the path above what the CPU has (avx512 on a CPU without AVX-512 stays lower)."""
+    from d3d.ops import cpu_isa_detected
+
+    probe = "from d3d.ops import cpu_isa, cpu_isa_detected\nprint(cpu_isa(), cpu_isa_detected())\n"
+    seen = {}
+    for want in ("generic", "avx512"):
+        env = {**os.environ, "D3D_CPU_ISA": want}
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+        seen[want] = out.stdout.split()
+    best = cpu_isa_detected()
+    assert seen["generic"] == ["generic", best]
+    assert seen["avx512"] == [best, best]

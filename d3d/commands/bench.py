@@ -215,11 +215,16 @@ def run(args: argparse.Namespace) -> int:
             + ", ".join(f"{r['pipeline_io_fps']:.1f} frames/s" for r in rows if "pipeline_io_fps" in r)
         )
     print(f"model: {source.describe()}")
+    from d3d.ops import cpu_kernel_summary
+
+    cpu_line = cpu_kernel_summary()
+    print(cpu_line)
     for backend, why in skipped.items():
         print(f"skipped {backend}: {why}")
     if args.json:
         report = json.dumps(
-            {"model": source.describe(), "rows": rows, "streams": streams, "skipped": skipped}, indent=1
+            {"model": source.describe(), "cpu": cpu_line, "rows": rows, "streams": streams, "skipped": skipped},
+            indent=1,
         )
         write_output(args.json, report, inputs=(source.path,), overwrite=args.overwrite)
     return 0

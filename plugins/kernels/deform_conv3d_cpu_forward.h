@@ -334,8 +334,8 @@ scalar_t* tile_buffer(size_t elems) {
 //     the same output element, so any split is safe.
 //   gemm(m, n, k, A, lda, B, ldb, C, ldc): C[m x n] = A[m x k] . B[n x k]^T, row-major, run on the
 //     calling thread (it is called from inside par). fp32 with output-channel groups of a multiple of
-//     16 on an AVX-512 CPU uses the kernel's own GEMM instead (deform_conv3d_cpu_gemm.h), unless
-//     host_gemm is set.
+//     the vector width on an AVX2 or AVX-512 path uses the kernel's own GEMM instead
+//     (deform_conv3d_cpu_gemm.h, cpu_isa()), unless host_gemm is set.
 // Returns "" or the reason it failed (memory for the tile buffer); never throws.
 template <typename scalar_t, typename ParFor, typename Gemm>
 std::string forward_fused(const DeformConv3dShape& s, const scalar_t* x, const scalar_t* offset, const scalar_t* weight,
@@ -346,7 +346,7 @@ std::string forward_fused(const DeformConv3dShape& s, const scalar_t* x, const s
   const int64_t K = s.taps(), L = s.out_spatial(), V = s.in_spatial(), R = s.col_rows();
   const int64_t G = s.group, cpg = s.c / G, opg = s.o / G, rows = cpg * K;
   bool own_gemm = false;
-  if constexpr (std::is_same<scalar_t, float>::value) own_gemm = !host_gemm && opg % 16 == 0 && avx512_available();
+  if constexpr (std::is_same<scalar_t, float>::value) own_gemm = !host_gemm && own_gemm_applies(opg);
   scalar_t* x_cl = scratch;
   scalar_t* wp = scratch + s.c * V;
   if (own_gemm) {

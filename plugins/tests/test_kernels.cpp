@@ -311,11 +311,16 @@ struct NaiveGemmF {  // C[m x n] = A[m x k] . B[n x k]^T in fp64, stored as fp32
   }
 };
 
-void test_own_fp32_gemm_against_reference_forward() {
-  if (!d3d::cpu::avx512_available()) {
-    std::printf("SKIP own fp32 GEMM: this CPU has no AVX-512 (the host GEMM is used; covered above)\n");
-    return;
+// The own GEMM (and, on avx512, the vector sampler) of one instruction-set path; false where this CPU
+// cannot execute it (reported as not run).
+bool test_own_fp32_gemm_against_reference_forward(d3d::cpu::CpuIsa isa) {
+  const d3d::cpu::CpuIsa before = d3d::cpu::cpu_isa();
+  if (!d3d::cpu::force_cpu_isa(isa)) {
+    std::printf("NOT RUN: own fp32 GEMM on the %s path: this CPU has no %s\n", d3d::cpu::cpu_isa_name(isa),
+                isa == d3d::cpu::CpuIsa::avx512 ? "AVX-512F" : "AVX2+FMA");
+    return false;
   }
+  std::printf("own fp32 GEMM on the %s path\n", d3d::cpu::cpu_isa_name(isa));
   struct Case {
     int64_t in[5], w[5];
     int64_t group, offset_group, stride, dil;
@@ -329,6 +334,9 @@ void test_own_fp32_gemm_against_reference_forward() {
       {{1, 4, 2, 3, 11}, {80, 4, 3, 1, 3}, 1, 1, 2, 1, true},  // 64 + 16, stride 2
       // 3 groups of 2 output channels (the host GEMM) and 2 offset groups whose channels straddle them
       {{1, 6, 3, 9, 8}, {6, 2, 3, 3, 3}, 3, 2, 1, 1, true},
+      {{1, 4, 3, 5, 7}, {8, 4, 3, 3, 3}, 1, 1, 1, 1, true},    // 8 channels: one AVX2 vector, host GEMM on AVX-512
+      {{1, 6, 3, 5, 9}, {24, 2, 3, 3, 3}, 3, 3, 2, 2, false},  // 3 groups of 8, stride 2 and dilation 2
+      {{1, 4, 2, 6, 5}, {40, 4, 1, 3, 3}, 1, 2, 1, 1, true},   // 40 = 2 + 2 + 1 AVX2 vectors
   };
   for (const Case& cs : cases) {
     d3d::DeformConv3dAttrs a;
@@ -387,11 +395,21 @@ void test_own_fp32_gemm_against_reference_forward() {
             static_cast<long long>(tile), err_host);
     }
   }
+  d3d::cpu::force_cpu_isa(before);
+  return true;
 }
 
 }  // namespace
 
-int main() {
+// test_kernels [avx2|avx512]: with an argument, only that path's own-GEMM test, exit 77 (ctest's
+// "skipped") where the CPU cannot execute it.
+int main(int argc, char** argv) {
+  if (argc > 1) {
+    const std::string want = argv[1];
+    const d3d::cpu::CpuIsa isa = want == "avx512" ? d3d::cpu::CpuIsa::avx512 : d3d::cpu::CpuIsa::avx2;
+    if (!test_own_fp32_gemm_against_reference_forward(isa)) return 77;
+    return d3d_test::report();
+  }
   test_affine_is_exact();
   test_outside_and_partial();
   test_coord_grad_matches_finite_differences();
@@ -399,6 +417,7 @@ int main() {
   test_attribute_validation();
   test_forward_against_direct_conv();
   test_fused_forward_against_reference_forward();
-  test_own_fp32_gemm_against_reference_forward();
+  test_own_fp32_gemm_against_reference_forward(d3d::cpu::CpuIsa::avx2);
+  test_own_fp32_gemm_against_reference_forward(d3d::cpu::CpuIsa::avx512);
   return d3d_test::report();
 }

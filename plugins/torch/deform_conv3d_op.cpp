@@ -239,9 +239,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv3d_backwar
           grad_bias};
 }
 
+// The instruction-set path of the fused CPU forward: the one taken now, and the best this CPU has.
+std::string cpu_isa() { return d3d::cpu::cpu_isa_name(d3d::cpu::cpu_isa()); }
+std::string cpu_isa_detected() { return d3d::cpu::cpu_isa_name(d3d::cpu::detected_cpu_isa()); }
+
+// Forces a path ("generic", "avx2", "avx512") for this process, as D3D_CPU_ISA does at load; false,
+// and nothing changed, where this CPU cannot execute it.
+bool force_cpu_isa(const std::string& isa) {
+  for (auto v : {d3d::cpu::CpuIsa::generic, d3d::cpu::CpuIsa::avx2, d3d::cpu::CpuIsa::avx512})
+    if (isa == d3d::cpu::cpu_isa_name(v)) return d3d::cpu::force_cpu_isa(v);
+  TORCH_CHECK(false, "unknown CPU instruction-set path '", isa, "' (generic, avx2, avx512)");
+}
+
 }  // namespace
 
 TORCH_LIBRARY(d3d, m) {
+  m.def("cpu_isa() -> str", &cpu_isa);
+  m.def("cpu_isa_detected() -> str", &cpu_isa_detected);
+  m.def("force_cpu_isa(str isa) -> bool", &force_cpu_isa);
   m.def(
       "deform_conv3d(Tensor input, Tensor offset, Tensor weight, Tensor? bias, int[3] stride, int[3] padding, "
       "int[3] dilation, int groups, int offset_groups, str deform_dims) -> Tensor");
