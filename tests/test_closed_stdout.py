@@ -82,4 +82,5 @@ def test_every_command_says_whether_stdout_is_its_product():
     assert on_stdout["cache"](argparse.Namespace(action="clear")) is False
     assert on_stdout["upscale"](argparse.Namespace(output="-")) is True
     assert on_stdout["upscale"](argparse.Namespace(output="x.mp4")) is False
-    assert {n for n, f in on_stdout.items() if f is None} == {"export", "verify", "build", "prepare", "train", "eval"}
+    messages_only = {"export", "verify", "build", "prepare", "train", "eval", "serve"}
+    assert {n for n, f in on_stdout.items() if f is None} == messages_only
