@@ -99,6 +99,21 @@ def snapshot(root) -> dict[str, bytes | None]:
 HANG_S = 600.0
 
 
+def committed_frames(work) -> int:
+    """Frames of a work folder that are complete in the runtime's own sense: in place *and* recorded in
+    its log (runtime/resume.py renames a frame, then appends its sha256). Waiting on the frame files alone
+    races with the writer thread's log line (seen once in 16 runs: a snapshot taken between the two)."""
+    from pathlib import Path
+
+    from d3d.runtime.resume import LOG
+
+    folder = Path(work) / "frames"
+    files = [p for p in folder.iterdir() if not p.name.startswith(".")] if folder.is_dir() else []
+    log = Path(work) / LOG
+    logged = len(log.read_text().splitlines()) if log.is_file() else 0
+    return logged if logged == len(files) else -1  # -1: a frame is between its rename and its log line
+
+
 class Probed:
     """A ``d3d`` subprocess reporting its probe points (``D3D_TEST_EVENTS``), optionally held at one of them
     (``D3D_TEST_HOLD``), so that a test sends its signal at a known point instead of after a delay."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 
 import pytest
-from conftest import Probed, snapshot, write_frames
+from conftest import Probed, committed_frames, snapshot, write_frames
 
 from d3d.cli import main as cli
 from d3d.locks import lock_path
@@ -49,7 +49,7 @@ def test_second_upscale_onto_one_output_is_refused(frames, tiny_onnx, capsys, ou
     work = frames / f".{output}.d3d-work"
     first = Probed(args, frames, hold="network 2")
     try:
-        first.wait_for("held network 2", also=lambda: len(list((work / "frames").glob("[!.]*"))) == 2)
+        first.wait_for("held network 2", also=lambda: committed_frames(work) == 2)
         held = snapshot(work)
         for extra in ([], ["--overwrite"], ["--resume"], ["--resume", "--overwrite"]):
             msg = _refused([*args, *extra], capsys, first.proc.pid)
@@ -75,7 +75,7 @@ def test_resume_after_a_killed_run_proceeds(frames, tiny_onnx, capsys):
     work = frames / ".out.d3d-work"
     first = Probed(args, frames, hold="network 3")
     try:
-        first.wait_for("held network 3", also=lambda: len(list((work / "frames").glob("[!.]*"))) == 3)
+        first.wait_for("held network 3", also=lambda: committed_frames(work) == 3)
         rc, _, _, _ = first.signal(signal.SIGKILL)
     finally:
         first.close()

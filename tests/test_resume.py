@@ -21,7 +21,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import HANG_S, Probed, snapshot, write_frames
+from conftest import HANG_S, Probed, committed_frames, snapshot, write_frames
 
 from d3d import D3Dnet
 from d3d.cli import main as cli
@@ -68,7 +68,7 @@ def _interrupted_run(cwd: Path, args: list[str], work: Path) -> tuple[int, str]:
     work folder holds the HELD_AT frames before it, and returns (frames kept, stderr's last line)."""
     run = Probed(args, cwd, hold=f"network {HELD_AT}")
     try:
-        run.wait_for(f"held network {HELD_AT}", also=lambda: len(_frames_in(work)) == HELD_AT)
+        run.wait_for(f"held network {HELD_AT}", also=lambda: committed_frames(work) == HELD_AT)
         rc, _, err, _ = run.signal(signal.SIGINT)
     finally:
         run.close()

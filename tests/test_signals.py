@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Probed, snapshot, write_frames
+from conftest import Probed, committed_frames, snapshot, write_frames
 
 from d3d import D3Dnet, save_checkpoint
 from d3d.cli import main as cli
@@ -77,7 +77,7 @@ def test_interrupt_after_frames_were_written(tmp_path, slow_checkpoint, backend,
     before = snapshot(tmp_path)
     run = _upscale(tmp_path, slow_checkpoint, backend, hold="network 2")
     try:
-        run.wait_for("held network 2", also=lambda: _kept_frames(tmp_path / WORK / "frames") == 2)
+        run.wait_for("held network 2", also=lambda: committed_frames(tmp_path / WORK) == 2)
         rc, _, err, seconds = run.signal(sig)
     finally:
         run.close()
@@ -121,7 +121,7 @@ def test_interrupt_while_encoding_a_video(tmp_path, slow_checkpoint):
     try:
         run.wait_for(
             "held network 4",
-            also=lambda: _kept_frames(tmp_path / work / "frames") == 4 and any(tmp_path.glob(f"{work}/.out.*.mp4")),
+            also=lambda: committed_frames(tmp_path / work) == 4 and any(tmp_path.glob(f"{work}/.out.*.mp4")),
         )
         rc, _, err, seconds = run.signal(signal.SIGTERM)
     finally:
