@@ -1,5 +1,5 @@
 // The CUDA execution provider's DeformConv3d: the shared CUDA forward (plugins/kernels) on the stream
-// ONNX Runtime gives the kernel. Compiled where nvcc is found; not yet run on a GPU.
+// ONNX Runtime gives the kernel. Compiled where nvcc is found; never run (no onnxruntime-gpu on any machine so far).
 #include <cuda_runtime.h>
 
 #include <string>
@@ -13,22 +13,44 @@ namespace ort {
 // Column-buffer cap (elements) of the CUDA forward: 64 Mi, as in the TensorRT plugin.
 constexpr int64_t kMaxColElemsCuda = int64_t(1) << 26;
 
+namespace {
+
+OrtStatus* cuda_error(const OrtApi* api, cudaError_t e) {
+  return api->CreateStatus(ORT_FAIL, (std::string(kOpType) + ": CUDA error: " + cudaGetErrorString(e)).c_str());
+}
+
+}  // namespace
+
+// The column buffer comes from the CUDA provider's own allocator (the one that holds the input: its
+// stream-ordered arena), not from cudaMallocAsync per call: freeing it right after the launches is how
+// ONNX Runtime's own CUDA kernels use scratch memory, since later users of the block run on the same stream.
 OrtStatus* compute_cuda(const OrtApi* api, OrtKernelContext* ctx, const Problem& p) {
   void* stream_ptr = nullptr;
   if (OrtStatus* st = api->KernelContext_GetGPUComputeStream(ctx, &stream_ptr)) return st;
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const DeformConv3dShape& s = p.shape;
   const size_t ws_bytes = sizeof(float) * static_cast<size_t>(s.col_rows() * col_chunk(s, kMaxColElemsCuda));
-  void* ws = nullptr;
-  cudaError_t e = cudaMallocAsync(&ws, ws_bytes, stream);
-  if (e == cudaSuccess) {
-    e = cuda::forward<float>(s, p.x, p.offset, p.weight, p.bias, p.y, static_cast<float*>(ws), kMaxColElemsCuda,
-                             stream);
-    const cudaError_t f = cudaFreeAsync(ws, stream);
-    if (e == cudaSuccess) e = f;
+
+  const OrtValue* x = nullptr;
+  if (OrtStatus* st = api->KernelContext_GetInput(ctx, 0, &x)) return st;
+  const OrtMemoryInfo* device_memory = nullptr;  // owned by the tensor, not released here
+  if (OrtStatus* st = api->GetTensorMemoryInfo(x, &device_memory)) return st;
+  OrtAllocator* allocator = nullptr;
+  if (OrtStatus* st = api->KernelContext_GetAllocator(ctx, device_memory, &allocator)) return st;
+  void* ws = allocator->Alloc(allocator, ws_bytes);
+  OrtStatus* status = nullptr;
+  if (ws == nullptr) {
+    status = api->CreateStatus(ORT_FAIL, (std::string(kOpType) + ": the CUDA provider's allocator refused " +
+                                          std::to_string(ws_bytes) + " bytes for the column buffer")
+                                             .c_str());
+  } else {
+    const cudaError_t e = cuda::forward<float>(s, p.x, p.offset, p.weight, p.bias, p.y, static_cast<float*>(ws),
+                                               kMaxColElemsCuda, stream);
+    allocator->Free(allocator, ws);
+    if (e != cudaSuccess) status = cuda_error(api, e);
   }
-  if (e == cudaSuccess) return nullptr;
-  return api->CreateStatus(ORT_FAIL, (std::string(kOpType) + ": CUDA error: " + cudaGetErrorString(e)).c_str());
+  api->ReleaseAllocator(allocator);
+  return status;
 }
 
 }  // namespace ort
