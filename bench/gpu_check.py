@@ -336,24 +336,40 @@ def _time_network(model, x, repeat: int) -> dict:
     return row
 
 
+def psnr_db(got, want, peak: float = 1.0) -> float:
+    """PSNR of ``got`` against ``want`` (frames in [0, peak]), in dB; inf when they are equal."""
+    import math
+
+    mse = float((got.double() - want.double()).pow(2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(peak * peak / mse)
+
+
 def bench_network(
     sizes: Sequence[tuple[int, int]], repeat: int, dtypes: Sequence[str] = ("float32", "float16")
 ) -> list[dict]:
-    """The paper's D3Dnet (x4, 7 frames, seeded random weights) per output frame: eager and CUDA graph."""
+    """The paper's D3Dnet (x4, 7 frames, seeded random weights) per output frame: eager and CUDA graph; for
+    each type after fp32, the output's PSNR against the fp32 model's on the same input."""
     import torch
 
     from d3d import D3Dnet
 
     rows = []
     for h, w in sizes:
+        reference = None
         for name in dtypes:
             dtype = getattr(torch, name)
             torch.manual_seed(0)
             torch.cuda.reset_peak_memory_stats()
             model = D3Dnet().eval().to("cuda", dtype)
-            x = torch.rand(1, 1, 7, h, w, device="cuda", dtype=dtype)
+            x = torch.rand(1, 1, 7, h, w, device="cuda").to(dtype)  # the same frames for every type
             row = {"size": f"{h}x{w}", "output": f"{4 * h}x{4 * w}", "dtype": name, **_time_network(model, x, repeat)}
             row["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            with torch.no_grad():
+                y = model(x).float().cpu()
+            if name == "float32":
+                reference = y
+            elif reference is not None:
+                row["psnr_vs_fp32_db"] = psnr_db(y.clamp(0, 1), reference.clamp(0, 1))
             rows.append(row)
             torch.cuda.empty_cache()
     return rows
@@ -404,13 +420,15 @@ def format_table(report: dict) -> str:
     if report.get("network"):
         lines += [
             "",
-            "| LR size | output | type | eager ms/frame | CUDA graph ms/frame | fps (graph) | peak MB |",
-            "|---|---|---|---|---|---|---|",
+            "| LR size | output | type | eager ms/frame | CUDA graph ms/frame | fps (graph) | peak MB | PSNR vs fp32 |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in report["network"]:
             graph = f"{r['graph_ms']:.1f}" if "graph_ms" in r else r.get("graph_error", "-")
             fps = f"{r['graph_fps']:.1f}" if "graph_fps" in r else "-"
-            cells = [r["size"], r["output"], r["dtype"], f"{r['eager_ms']:.1f}", graph, fps, f"{r['peak_mem_mb']:.0f}"]
+            psnr = f"{r['psnr_vs_fp32_db']:.1f} dB" if "psnr_vs_fp32_db" in r else "-"
+            cells = [r["size"], r["output"], r["dtype"], f"{r['eager_ms']:.1f}", graph, fps]
+            cells += [f"{r['peak_mem_mb']:.0f}", psnr]
             lines.append("| " + " | ".join(cells) + " |")
     for name, err in report.get("errors", {}).items():
         lines.append(f"\nerror in {name}: {err}")

@@ -136,3 +136,11 @@ def test_dry_run_prints_the_sm90_build_list_and_a_budget_within_8_minutes(tmp_pa
     seconds, limit = int(total.split()[2]), int(total.split()[5])
     assert limit == 480 and 0 < seconds <= limit
     assert not (tmp_path / "b").exists()  # nothing was built
+
+
+def test_psnr_against_hand_computed_values(gc):
+    """The fp16-vs-fp32 figure of the network rows: 10 log10(peak^2 / MSE)."""
+    want = torch.zeros(2, 3)
+    assert gc.psnr_db(want + 0.1, want) == pytest.approx(20.0)  # MSE 0.01
+    assert gc.psnr_db(want + 0.5, want, peak=0.5) == pytest.approx(0.0)
+    assert gc.psnr_db(want, want) == float("inf")
