@@ -65,6 +65,30 @@ def test_model_matches_pytorch_in_plain_onnxruntime(small):
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
 
 
+def test_fp16_model_runs_in_plain_onnxruntime(small):
+    """The export's fp16 converter (onnxconverter-common, what ``--precision fp16`` runs) on the deformconv
+    graph: every DeformConv is float16 in and out, and plain ONNX Runtime runs it close to fp32 PyTorch."""
+    from d3d.export.precision import convert_precision
+
+    model, _, proto = small
+    half = onnx.shape_inference.infer_shapes(convert_precision(proto, "fp16"), strict_mode=True)
+    onnx.checker.check_model(half, full_check=True)
+    typed = {v.name: v.type.tensor_type.elem_type for v in [*half.graph.value_info, *half.graph.input]}
+    convs = [n for n in half.graph.node if n.op_type == "DeformConv"]
+    assert len(convs) == 6
+    assert {typed[name] for n in convs for name in [*n.input, *n.output]} == {onnx.TensorProto.FLOAT16}
+    session = _plain_session(half)
+    gen = torch.Generator().manual_seed(2)
+    for h, w in SIZES:
+        x = torch.rand(1, 1, 7, h, w, generator=gen)
+        got = session.run(None, {"lr": x.numpy()})[0].astype(np.float64)
+        with torch.no_grad():
+            expected = model(x).double().numpy()
+        psnr = 10 * math.log10(1.0 / float(np.mean((got - expected) ** 2)))
+        assert psnr >= 50, psnr
+        np.testing.assert_allclose(got, expected, atol=2e-3, rtol=0)
+
+
 class _Layer(torch.nn.Module):
     def __init__(self, c, o, k, stride, pad, dil, groups, ogroups) -> None:
         super().__init__()
