@@ -21,7 +21,7 @@ from d3d.atomic import atomic_write
 from d3d.errors import D3DError, summary_line
 from d3d.export.portable import form_for, restore_sliced_weights
 from d3d.export.schema import DOMAIN, register_schema
-from d3d.export.symbolic import export_flavour
+from d3d.export.symbolic import FLAVOURS, export_flavour
 from d3d.export.validate import check_custom_nodes
 from d3d.model import D3Dnet
 from d3d.modules import DeformConv3d
@@ -29,6 +29,7 @@ from d3d.modules import DeformConv3d
 MIN_OPSET = 18
 MAX_OPSET = 23
 DEFAULT_OPSET = 20
+MIN_OPSET_DEFORMCONV = 19  # ONNX DeformConv appeared in opset 19
 MIN_OPSET_VOLUME = 20  # 5-D GridSample (the portable form of layers that deform T)
 # A frame-wise portable model defaults to GridSample-16 (mode "bilinear"): stock TensorRT's ONNX parser
 # reads GridSample-20's "linear" as nearest (NVIDIA/TensorRT#4646), ONNX Runtime's CUDA provider had no
@@ -54,12 +55,24 @@ log = logging.getLogger(__name__)
 class ExportOptions:
     opset: int | None = None  # None: DEFAULT_OPSET, or PORTABLE_OPSET for a frame-wise portable model
     dynamic: bool = True  # dynamic batch, height and width; the frame count is fixed by the model
-    portable: bool = False
+    portable: bool = False  # the gridsample flavour (kept for callers from before --flavour)
+    flavour: str | None = None  # custom, gridsample or deformconv; None: gridsample if portable, else custom
     batch: int = 1  # example (and, when static, fixed) input size
     height: int = 64
     width: int = 64
     precision: str = "fp32"  # the graph's tensors: fp32, fp16 (onnxconverter-common) or bf16
     io_precision: str = "fp32"  # model input and output: fp32 (Casts at the edges) or the precision
+
+
+def flavour_of(options: ExportOptions) -> str:
+    """The export flavour ``options`` ask for (one of FLAVOURS)."""
+    if options.flavour is None:
+        return "gridsample" if options.portable else "custom"
+    if options.flavour not in FLAVOURS:
+        raise D3DError(f"unknown export flavour {options.flavour!r}: use one of {', '.join(FLAVOURS)}")
+    if options.portable and options.flavour != "gridsample":
+        raise D3DError(f"portable=True is the gridsample flavour, not {options.flavour}")
+    return options.flavour
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -81,20 +94,40 @@ def needs_volume(model: torch.nn.Module) -> bool:
 
 def resolve_opset(options: ExportOptions, model: torch.nn.Module) -> int:
     """The opset an export of ``model`` with ``options`` uses (checked)."""
-    volume = options.portable and needs_volume(model)
+    flavour = flavour_of(options)
+    portable = flavour == "gridsample"
+    volume = portable and needs_volume(model)
+    if flavour == "deformconv":
+        check_deformconv_layers(model)
     opset = options.opset
     if opset is None:
-        opset = PORTABLE_OPSET if options.portable and not volume else DEFAULT_OPSET
-    check_opset(opset, options.portable, volume)
+        opset = PORTABLE_OPSET if portable and not volume else DEFAULT_OPSET
+    check_opset(opset, flavour, volume)
     return opset
 
 
-def check_opset(opset: int, portable: bool, volume: bool = False) -> None:
-    """``volume``: the portable model will hold 5-D GridSample (opset 20: GridSample-16 is 4-D only)."""
-    low = MIN_OPSET_VOLUME if portable and volume else MIN_OPSET
+def check_deformconv_layers(model: torch.nn.Module) -> None:
+    """The deformconv flavour writes 2-D DeformConv per time tap, so no layer may deform T."""
+    for name, m in model.named_modules():
+        if isinstance(m, DeformConv3d) and m.deform_dims != "HW":
+            raise D3DError(
+                f"layer {name} deforms {m.deform_dims}: the deformconv flavour (2-D DeformConv per time tap) "
+                "takes only layers that deform H and W; use --flavour gridsample or custom"
+            )
+
+
+def check_opset(opset: int, flavour: str | bool, volume: bool = False) -> None:
+    """``flavour``: custom, gridsample or deformconv (True/False: gridsample/custom); ``volume``: the
+    gridsample model will hold 5-D GridSample (opset 20: GridSample-16 is 4-D only)."""
+    if isinstance(flavour, bool):
+        flavour = "gridsample" if flavour else "custom"
+    low, what = MIN_OPSET, "export"
+    if flavour == "gridsample" and volume:
+        low, what = MIN_OPSET_VOLUME, "a portable model that deforms T (5-D GridSample)"
+    elif flavour == "deformconv":
+        low, what = MIN_OPSET_DEFORMCONV, "--flavour deformconv (ONNX DeformConv is opset 19)"
     if not low <= opset <= MAX_OPSET:
-        flavour = "a portable model that deforms T (5-D GridSample)" if portable and volume else "export"
-        raise D3DError(f"opset {opset} is not supported for {flavour}: use {low}..{MAX_OPSET}")
+        raise D3DError(f"opset {opset} is not supported for {what}: use {low}..{MAX_OPSET}")
 
 
 def export_onnx(
@@ -112,6 +145,7 @@ def export_onnx(
     check_precision(options.precision, options.io_precision)
     model = model.eval()
     opset = resolve_opset(options, model)
+    flavour = flavour_of(options)
     cfg = model.config
     x = torch.rand(options.batch, cfg.in_channels, cfg.frames, options.height, options.width)
     dynamic_shapes = None
@@ -120,7 +154,7 @@ def export_onnx(
         dynamic_shapes = {
             "x": {0: dim("batch", min=1, max=64), 3: dim("height", min=8, max=8192), 4: dim("width", min=8, max=8192)}
         }
-    with export_flavour(options.portable), torch.no_grad(), warnings.catch_warnings():
+    with export_flavour(flavour), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(
@@ -141,16 +175,17 @@ def export_onnx(
         _check_dynamic(proto)
     meta = {
         META_CONFIG: json.dumps(cfg.as_dict(), sort_keys=True),
-        META_FLAVOUR: "portable" if options.portable else "custom",
+        META_FLAVOUR: flavour,
         META_TOOLCHAIN: f"d3d-trt {d3d.__version__}, torch {torch.__version__}, onnx {onnx.__version__}",
         META_IO: f"{INPUT_NAME}: [N, {cfg.in_channels}, {cfg.frames}, H, W] Y in [0, 1]; "
         f"{OUTPUT_NAME}: [N, {cfg.out_channels}, {cfg.scale}H, {cfg.scale}W]",
     }
     if checkpoint_sha256:
         meta[META_CHECKPOINT] = checkpoint_sha256
-    if options.portable:
+    if flavour == "gridsample":
         meta[META_PORTABLE] = describe_portable([m.deform_dims for m in _deform_layers(model)], opset)
         log.info("portable model: %s", meta[META_PORTABLE])
+    if flavour != "custom":
         # The optimizer folds small weights' per-frame slices into new tensors; put the weight back
         # under its own name so the PyTorch model can be rebuilt from the file (d3d verify).
         restore_sliced_weights(proto, model.state_dict())

@@ -13,21 +13,28 @@ from collections.abc import Iterator
 import torch
 
 from d3d import ops
+from d3d.export.deformconv19 import deform_conv3d_deformconv19
 from d3d.export.portable import deform_conv3d_portable
 from d3d.export.schema import DOMAIN, OP_TYPE, VERSION
 from d3d.export.validate import PLUGIN_NAMESPACE, PLUGIN_VERSION
 from d3d.ops import output_size
 
-_portable = contextvars.ContextVar("d3d_export_portable", default=False)
+FLAVOURS = ("custom", "gridsample", "deformconv")
+_flavour = contextvars.ContextVar("d3d_export_flavour", default="custom")
 
 
 @contextlib.contextmanager
-def export_flavour(portable: bool) -> Iterator[None]:
-    token = _portable.set(portable)
+def export_flavour(flavour: str | bool) -> Iterator[None]:
+    """Within the block DeformConv3d exports as ``flavour`` (one of FLAVOURS; True/False: gridsample/custom)."""
+    if isinstance(flavour, bool):
+        flavour = "gridsample" if flavour else "custom"
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown export flavour {flavour!r}")
+    token = _flavour.set(flavour)
     try:
         yield
     finally:
-        _portable.reset(token)
+        _flavour.reset(token)
 
 
 def deform_conv3d_onnx(
@@ -42,7 +49,12 @@ def deform_conv3d_onnx(
     offset_groups: int,
     deform_dims: str,
 ) -> torch.Tensor:
-    if _portable.get():
+    flavour = _flavour.get()
+    if flavour == "deformconv":
+        return deform_conv3d_deformconv19(
+            input, offset, weight, bias, stride, padding, dilation, groups, offset_groups, deform_dims
+        )
+    if flavour == "gridsample":
         return deform_conv3d_portable(
             input, offset, weight, bias, stride, padding, dilation, groups, offset_groups, deform_dims
         )

@@ -1,4 +1,5 @@
-"""``d3d export``: D3Dnet checkpoint -> ONNX (custom DeformConv3d node, or --portable standard ops)."""
+"""``d3d export``: D3Dnet checkpoint -> ONNX (custom DeformConv3d node, or standard ops: --flavour
+gridsample (alias --portable) or deformconv)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--opset",
         type=int,
-        help="ONNX opset, 18..23 (default: 20; 18 for --portable, whose 4-D GridSample then is GridSample-16, "
-        "or 20 where a layer deforms T)",
+        help="ONNX opset, 18..23 (default: 20; 18 for --flavour gridsample, whose 4-D GridSample then is "
+        "GridSample-16, or 20 where a layer deforms T; at least 19 for --flavour deformconv)",
+    )
+    parser.add_argument(
+        "--flavour",
+        choices=["custom", "gridsample", "deformconv"],
+        help="how DeformConv3d is written (default custom): custom = one d3d::DeformConv3d node per layer (our "
+        "TensorRT plugin / ONNX Runtime op library); gridsample = standard GridSample + Conv (stock TensorRT, ONNX "
+        "Runtime, OpenVINO); deformconv = standard DeformConv-19 nodes, one per time tap (stock TensorRT >= 10.1, "
+        "ONNX Runtime CPU; only layers that deform H and W)",
     )
     parser.add_argument(
         "--portable",
         action="store_true",
-        help="standard ONNX ops only (GridSample + Conv, for stock TensorRT, ONNX Runtime, OpenVINO), no custom domain",
+        help="alias of --flavour gridsample",
     )
     parser.add_argument(
         "--precision",
@@ -68,8 +77,13 @@ def run(args: argparse.Namespace) -> int:
     from d3d.export.precision import check_precision
     from d3d.outputs import check_target
 
+    if args.portable and args.flavour is not None:
+        raise D3DError(
+            f"--portable is the alias of --flavour gridsample: give one of them, not with --flavour {args.flavour}"
+        )
+    flavour = "gridsample" if args.portable else (args.flavour or "custom")
     if args.opset is not None:
-        check_opset(args.opset, args.portable)  # before any slow work
+        check_opset(args.opset, flavour)  # before any slow work
     check_precision(args.precision, args.io_precision)
     if args.random_init and args.checkpoint is not None:
         raise D3DError(f"conflicting model sources: --random-init and checkpoint {args.checkpoint}; give exactly one")
@@ -94,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     options = ExportOptions(
         opset=args.opset,
         dynamic=not args.static,
-        portable=args.portable,
+        flavour=flavour,
         batch=args.batch,
         height=args.height,
         width=args.width,
@@ -109,11 +123,16 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise D3DError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
     custom = sum(1 for n in proto.graph.node if n.domain == "d3d")
-    flavour = "portable (standard ops)" if args.portable else f"custom op ({custom} DeformConv3d nodes)"
+    deformconv = sum(1 for n in proto.graph.node if n.domain in ("", "ai.onnx") and n.op_type == "DeformConv")
+    described = {
+        "custom": f"custom op ({custom} DeformConv3d nodes)",
+        "gridsample": "gridsample (standard ops)",
+        "deformconv": f"deformconv ({deformconv} standard DeformConv nodes)",
+    }[flavour]
     shape = "static" if args.static else "dynamic batch/height/width"
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-    print(f"wrote {args.output}: {flavour}, {args.precision}, opset {opset}, {shape}, from {source}")
-    if args.portable:
+    print(f"wrote {args.output}: {described}, {args.precision}, opset {opset}, {shape}, from {source}")
+    if flavour == "gridsample":
         print(f"portable form: {portable_form(proto)}")
     return 0
 

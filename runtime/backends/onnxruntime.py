@@ -53,7 +53,7 @@ class OrtRunner(Runner):
         self.device = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
         self._session = create_session(proto, providers, options.threads)
         self._input = self._session.get_inputs()[0].name
-        self.flavour = "custom op" if any(n.domain == "d3d" for n in proto.graph.node) else "portable"
+        self.flavour = flavour_name(proto)
 
     def infer(self, window: np.ndarray) -> np.ndarray:
         import onnxruntime as ort
@@ -133,3 +133,18 @@ BACKENDS = [
         _unavailable,
     ),
 ]
+
+
+def flavour_name(proto) -> str:
+    """How the runner names a model's flavour: the exporter's ``d3d.flavour`` metadata (custom op,
+    gridsample, deformconv), else (a file from elsewhere) custom op or standard ops by its nodes."""
+    from d3d.export.exporter import META_FLAVOUR
+
+    recorded = {p.key: p.value for p in proto.metadata_props}.get(META_FLAVOUR)
+    if recorded == "custom" or any(n.domain == "d3d" for n in proto.graph.node):
+        return "custom op"
+    if recorded in ("gridsample", "deformconv"):
+        return recorded
+    if recorded == "portable":  # files exported before --flavour
+        return "gridsample"
+    return "standard ops"
