@@ -426,11 +426,15 @@ def test_upscale_through_the_server_equals_the_local_run_and_resumes_after_the_s
     assert rc == 1
     assert "Triton server" in _one_error_line(capsys.readouterr().err)
     assert not remote_out.exists()
+    # Frames whose answers were already on their way when the server stopped are still written, so how
+    # many were kept depends on timing (3 or more): the resume must report exactly those kept.
+    kept = len(written)
+    assert 3 <= kept < 16
     monkeypatch.setattr(resume.ResumableSink, "write", write)
     assert cli(["upscale", str(frames), "--backend", "triton", "--url", server.url, "-o", str(remote_out),
                 "--resume", *common]) == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert "resume: 3 of 16 frames already done" in out
+    assert f"resume: {kept} of 16 frames already done" in out
     assert "model: the server's (checkpoint sha256" in out
     names = sorted(p.name for p in local_out.glob("frame_*.png"))
     assert len(names) == 16 and names == sorted(p.name for p in remote_out.glob("frame_*.png"))
