@@ -200,7 +200,7 @@ def test_summary_names_the_model_and_natural_frame_order(work, tiny_checkpoint, 
     summary = json.loads((work / "s.json").read_text())
     assert summary["first_file"] == "1.png" and summary["last_file"] == "12.png"
 
-    from d3d.runtime.pipeline import FolderSource
+    from d3d.runtime.sources import FolderSource
 
     assert [f.name for f in FolderSource(work / "twelve").files] == names
 
@@ -211,7 +211,8 @@ def test_natural_order_reaches_the_network(work):
 
     from d3d.model import D3DnetConfig
     from d3d.runtime.backends import Runner
-    from d3d.runtime.pipeline import FolderSource, UpscaleOptions, upscale_stream
+    from d3d.runtime.sources import FolderSource
+    from d3d.runtime.windows import UpscaleOptions, upscale_stream
 
     folder = work / "valued"
     folder.mkdir()

@@ -20,8 +20,10 @@ from d3d.cli import main as cli
 from d3d.errors import D3DError
 from d3d.model import D3DnetConfig
 from d3d.runtime.backends import Runner
-from d3d.runtime.pipeline import InFrame, UpscaleOptions, _inputs, _network, open_source
+from d3d.runtime.frames import InFrame
 from d3d.runtime.scenes import SceneCuts, read_cut_file, window_indices
+from d3d.runtime.sources import open_source
+from d3d.runtime.windows import UpscaleOptions, _inputs, _network
 
 # --- Window indices and when frames leave the network stage -------------------------------------------
 
