@@ -40,8 +40,10 @@ from d3d.atomic import AtomicDir, atomic_write
 from d3d.errors import D3DError
 from d3d.export.exporter import file_sha256
 from d3d.outputs import check_location, write_manifest
-from d3d.runtime.pipeline import VIDEO_EXTENSIONS, FrameSink, OutFrame, write_png_frame
+from d3d.runtime.frames import OutFrame
 from d3d.runtime.scenes import SceneCuts
+from d3d.runtime.sinks import FrameSink, write_png_frame
+from d3d.runtime.sources import VIDEO_EXTENSIONS
 from d3d.runtime.video import PlaneFormat, is_pipe
 
 WORK_FORMAT = 2  # layout of the work folder; a folder of another layout is not resumed

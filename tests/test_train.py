@@ -16,8 +16,8 @@ import torch
 from conftest import HANG_S
 
 from d3d.checkpoint import load_checkpoint, read_state_dict
-from d3d.data import prepare_vimeo, write_png
-from d3d.train import StepInfo, TrainConfig, Trainer, state_path
+from d3d.training.data import prepare_vimeo, write_png
+from d3d.training.train import StepInfo, TrainConfig, Trainer, state_path
 
 TINY = {"nf": 4, "d3d_blocks": 1, "res_blocks": 1, "patch": 4}
 

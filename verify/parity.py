@@ -88,7 +88,7 @@ def _inputs(config: dict, opts: VerifyOptions) -> Iterator[tuple[str, dict[str, 
         x = rng.random((opts.batch, ch, frames, h, w), dtype=np.float32)
         yield f"random {h}x{w}", {INPUT_NAME: x}
     if opts.real_frames and ch == 1:
-        from d3d.runtime.pipeline import read_window_y
+        from d3d.runtime.sources import read_window_y
 
         h, w = opts.shapes[0]
         y = read_window_y(frames, (h, w))

@@ -104,7 +104,7 @@ def _pipeline(runner, h: int, w: int, frames: int) -> dict:
     serial (one thread) and overlapped (decode and encode threads beside the network)."""
     import tempfile
 
-    from d3d.runtime.pipeline import synthetic_clip, time_io, time_network, time_pipeline
+    from d3d.runtime.timing import synthetic_clip, time_io, time_network, time_pipeline
 
     if frames <= 0:
         return {}
@@ -242,7 +242,8 @@ def _bench_streams(args: argparse.Namespace, source) -> list[dict]:
     import numpy as np
 
     from d3d.runtime.backends import create_runner, get_backend
-    from d3d.runtime.pipeline import InFrame, UpscaleOptions, _network
+    from d3d.runtime.frames import InFrame
+    from d3d.runtime.windows import UpscaleOptions, _network
 
     out: list[dict] = []
     with contextlib.ExitStack() as stack:

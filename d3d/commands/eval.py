@@ -43,9 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _clips(args: argparse.Namespace, scale: int):
-    from d3d.data import IMAGE_EXTENSIONS, clip_from_video, load_vid4, load_vimeo_test
     from d3d.errors import D3DError
     from d3d.samples import sample_clip
+    from d3d.training.data import IMAGE_EXTENSIONS, clip_from_video, load_vid4, load_vimeo_test
 
     sources = list(args.data) + [sample_clip(c) for c in args.clip or []]
     if not sources:
@@ -73,9 +73,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from d3d.errors import D3DError
-    from d3d.evaluate import evaluate_clip, summarise
-    from d3d.metrics import PROTOCOLS
     from d3d.outputs import check_target, write_output
+    from d3d.training.evaluate import evaluate_clip, summarise
+    from d3d.training.metrics import PROTOCOLS
 
     if args.start < 0 or (args.max_frames is not None and args.max_frames < 1):
         raise D3DError("--start must be >= 0 and --max-frames >= 1")

@@ -146,7 +146,7 @@ def _check_range(model) -> None:
 
     cfg = model.config
     if cfg.in_channels == 1:
-        from d3d.runtime.pipeline import read_window_y
+        from d3d.runtime.sources import read_window_y
 
         inputs = [torch.from_numpy(read_window_y(cfg.frames, (64, 64), start=s))[None, None] for s in (100, 212)]
         what = "bikes frames 100-106 and 212-218"

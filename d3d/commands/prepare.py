@@ -56,10 +56,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from d3d.data import prepare_vid4, prepare_vimeo
     from d3d.errors import D3DError
     from d3d.outputs import check_target
     from d3d.samples import sample_clip
+    from d3d.training.data import prepare_vid4, prepare_vimeo
 
     sources = list(args.sources) + [sample_clip(c) for c in args.clip or []]
     if not sources:

@@ -122,7 +122,7 @@ def _after_failure(exc: BaseException, out: Path, created: Path | None, before: 
 def _train(args: argparse.Namespace) -> int:
     # The trainer's log lines reach stderr through the CLI's handler of the "d3d" logger (a root handler
     # here printed each of them twice, and in-process outlived the run).
-    from d3d.train import TrainConfig, Trainer
+    from d3d.training.train import TrainConfig, Trainer
 
     cfg = TrainConfig(
         data=str(args.data),

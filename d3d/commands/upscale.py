@@ -116,8 +116,8 @@ def _run_locked(args: argparse.Namespace) -> int:
     from d3d.errors import D3DError
     from d3d.outputs import write_output
     from d3d.runtime.backends import choose_backend
-    from d3d.runtime.pipeline import check_sink
     from d3d.runtime.scenes import SceneCuts, describe_cuts
+    from d3d.runtime.sinks import check_sink
     from d3d.samples import sample_clip
 
     # Everything named must exist, and no output may endanger anything, before any slow work.
@@ -181,7 +181,8 @@ def _checked_run(args, path, source_model, backend, options, scenes, inputs, wor
     from d3d.errors import D3DError
     from d3d.outputs import check_target
     from d3d.runtime.backends import create_runner
-    from d3d.runtime.pipeline import open_source, plan_streams
+    from d3d.runtime.sinks import plan_streams
+    from d3d.runtime.sources import open_source
 
     if is_pipe(path) and sys.stdin.isatty():
         raise D3DError("input - reads a y4m stream from stdin: pipe one in (`ffmpeg ... -f yuv4mpegpipe - | d3d ...`)")
@@ -242,8 +243,8 @@ def _frames(n: int, total: int | None) -> str:
 def _work_folder(args, path: Path, inputs):
     """The work folder that makes the run resumable (None for a y4m pipe in or out), checked before any
     slow work: an earlier run's frames are refused without --resume or --overwrite."""
-    from d3d.runtime.pipeline import VIDEO_EXTENSIONS
     from d3d.runtime.resume import WorkFolder
+    from d3d.runtime.sources import VIDEO_EXTENSIONS
 
     if is_pipe(args.output) or is_pipe(path):
         if args.resume:  # a script may always pass --resume: a pipe's run simply cannot be continued
@@ -263,8 +264,10 @@ def _run(args, path, source, source_model, backend_name: str, runner, lr, inputs
 
     from d3d.errors import D3DError
     from d3d.runtime.estimate import estimate_run
-    from d3d.runtime.pipeline import UpscaleOptions, open_sink, run_upscale
+    from d3d.runtime.executor import run_upscale
     from d3d.runtime.resume import ResumableSink, fingerprint, input_listing
+    from d3d.runtime.sinks import open_sink
+    from d3d.runtime.windows import UpscaleOptions
 
     # A server's model (triton) is the server's, whatever the local model flags say.
     model_text = f"the server's ({runner.identity['weights']})" if getattr(runner, "remote", False) else None

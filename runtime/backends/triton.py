@@ -107,10 +107,10 @@ class TritonRunner(Runner):
         raise D3DError("the triton backend streams whole videos (d3d upscale); it does not run single windows")
 
     def stream_frames(self, items: Iterable, opts, clock: list[float]) -> Iterator:
-        """The pipeline's network stage (:func:`d3d.runtime.pipeline._network`) through the server: yields
+        """The pipeline's network stage (:func:`d3d.runtime.windows._network`) through the server: yields
         ``(InFrame, y_sr)`` in frame order (``y_sr`` None for the ``opts.done`` frames kept by a resumed
         run, which the server does not compute) and other items as they come."""
-        from d3d.runtime.pipeline import InFrame
+        from d3d.runtime.frames import InFrame
 
         grpcclient = _grpc()
         responses: queue.Queue = queue.Queue()

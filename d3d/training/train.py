@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from d3d import probes
 from d3d.atomic import atomic_write
 from d3d.checkpoint import load_state_into, read_state_dict
-from d3d.data import SeptupletSet
 from d3d.errors import D3DError, Interrupted, add_kept
 from d3d.model import D3Dnet
+from d3d.training.data import SeptupletSet
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +327,7 @@ class Trainer:
         """The validation PSNR of bicubic (MATLAB-style x``scale`` of the LR Y crop): the bar to beat."""
         if self.val_set is None:
             return None
-        from d3d.imresize import imresize
+        from d3d.training.imresize import imresize
 
         values = []
         for i in range(len(self.val_set)):

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from d3d.data import TestClip
-from d3d.imresize import imresize
-from d3d.metrics import SEED, Protocol, clip_mean, frame_scores, rgb_to_y
+from d3d.training.data import TestClip
+from d3d.training.imresize import imresize
+from d3d.training.metrics import SEED, Protocol, clip_mean, frame_scores, rgb_to_y
 
 # window [1, 1, T, h, w] float32 Y -> [1, 1, scale*h, scale*w]
 InferFn = Callable[[np.ndarray], np.ndarray]

@@ -11,7 +11,7 @@ Vid4 / SPMC-11 test layout::
     ROOT/<scene>/hr/hr_01.png ...   ROOT/<scene>/lr_x4/lr_01.png ...
 
 The converters split every clip at detected scene cuts, so no septuplet and no test scene spans a
-cut, and make LR frames with :func:`d3d.imresize.imresize` (as the seed's ``generate_LR_Vimeo90K.m``).
+cut, and make LR frames with :func:`d3d.training.imresize.imresize` (as the seed's ``generate_LR_Vimeo90K.m``).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ import torch
 from d3d import probes
 from d3d.atomic import atomic_dir
 from d3d.errors import D3DError, reason
-from d3d.imresize import imresize
-from d3d.metrics import rgb_to_y
 from d3d.outputs import manifest_of_tree
 from d3d.scenecut import DEFAULT_THRESHOLD, detect_cuts, shots
+from d3d.training.imresize import imresize
+from d3d.training.metrics import rgb_to_y
 
 log = logging.getLogger(__name__)
 
