@@ -574,7 +574,7 @@ def test_an_os_error_elsewhere_carries_the_kept_note(tmp_path, tiny_onnx, monkey
     import errno
 
     from d3d.cli import build_parser
-    from d3d.commands import upscale
+    from d3d.cli.commands import upscale
     from d3d.errors import kept
     from d3d.runtime.sinks import VideoSink
 

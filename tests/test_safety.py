@@ -251,7 +251,7 @@ def test_missing_sdk_exits_2_once(work, capsys):
 
 
 def test_internal_errors_point_to_debug(work, monkeypatch, capsys):
-    import d3d.commands.info as info
+    import d3d.cli.commands.info as info
 
     monkeypatch.setattr(info, "collect", lambda: 1 / 0)
     msg = fails(["info", "--json"], capsys)
@@ -265,7 +265,7 @@ def test_file_system_errors_are_user_errors_naming_the_file(work, monkeypatch, c
     file: the machine's state, not a bug."""
     import errno
 
-    import d3d.commands.info as info
+    import d3d.cli.commands.info as info
 
     def denied():
         raise PermissionError(errno.EACCES, "Permission denied", "/srv/shared/file")

@@ -11,6 +11,7 @@ the latest, at that hold. A process that ended before its point fails the test (
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -182,10 +183,14 @@ def test_signal_once_the_handlers_are_in_place(tmp_path, sig, entry):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_while_the_cli_module_is_imported_is_taken_after_it(tmp_path, sig):
-    """At `signals deferred` (the top of d3d.cli has run, its own imports are under way) a signal is noted,
-    then taken as soon as console_main starts: the same one line. SIGUSR1 lets the held process go on."""
-    run = Probed(["info", "--json"], tmp_path, hold="signals deferred", exe=D3D_EXE)
+@pytest.mark.parametrize("entry", ["console script", "python -m"])
+def test_signal_while_the_cli_module_is_imported_is_taken_after_it(tmp_path, sig, entry):
+    """At `signals deferred` (d3d.cli.signals has run, the CLI's own imports are under way) a signal is noted,
+    then taken as soon as console_main starts: the same one line. SIGUSR1 lets the held process go on.
+    Both entry points: under `python -m d3d.cli` the package is imported while argv[0] is still "-m"."""
+    run = Probed(
+        ["info", "--json"], tmp_path, hold="signals deferred", exe=D3D_EXE if entry == "console script" else None
+    )
     try:
         run.wait_held()
         run.proc.send_signal(sig)
@@ -213,3 +218,13 @@ def test_signal_while_the_command_is_imported(tmp_path, tiny_onnx, sig):
     _clean_exit(rc, err, seconds, sig)
     _one_line(err, sig)
     assert snapshot(tmp_path) == before
+
+
+def test_importing_the_cli_as_a_library_leaves_the_signal_handlers_alone():
+    """`import d3d.cli` (tests, a notebook) is not the entry point: no probe, Python's own SIGINT handling."""
+    code = (
+        "import signal, sys; before = signal.getsignal(signal.SIGINT); import d3d.cli; "
+        "sys.exit(0 if signal.getsignal(signal.SIGINT) is before and not d3d.cli.signals.IS_ENTRY_POINT else 3)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

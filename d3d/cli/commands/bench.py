@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from d3d.commands import add_model_source, add_output_flags, dims_arg, int_at_least, model_source, positive_int
+from d3d.cli.commands import add_model_source, add_output_flags, dims_arg, int_at_least, model_source, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -300,7 +300,7 @@ def _bench_server(source, threads):
     """A d3d serve server for the bench on free loopback ports: its gRPC address."""
     import tempfile
 
-    from d3d.commands.serve import model_identity
+    from d3d.cli.commands.serve import model_identity
     from d3d.runtime.backends import create_runner, get_backend
     from d3d.runtime.serving import (
         ModelSettings,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from d3d.commands import add_output_flags, dims_arg, positive_int
+from d3d.cli.commands import add_output_flags, dims_arg, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from d3d.commands import add_model_source, add_output_flags, model_source, positive_int
+from d3d.cli.commands import add_model_source, add_output_flags, model_source, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from d3d.commands import add_model_source, int_at_least, model_source, positive_int
+from d3d.cli.commands import add_model_source, int_at_least, model_source, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

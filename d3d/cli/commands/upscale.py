@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from d3d.commands import add_model_source, add_output_flags, int_at_least, model_source, positive_int
+from d3d.cli.commands import add_model_source, add_output_flags, int_at_least, model_source, positive_int
 from d3d.runtime.video import ENCODERS, is_pipe
 
 

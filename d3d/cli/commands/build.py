@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from d3d.commands import add_output_flags, dims_arg
+from d3d.cli.commands import add_output_flags, dims_arg
 
 BUILDERS = ("tensorrt", "tensorrt-rtx")
 

@@ -7,7 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from d3d.commands import add_output_flags, positive_int
+from d3d.cli.commands import add_output_flags, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
