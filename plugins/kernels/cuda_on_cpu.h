@@ -32,6 +32,7 @@ namespace cuda_on_cpu {
 
 inline dim3 threadIdx, blockIdx, blockDim, gridDim;  // the running thread's CUDA built-ins
 inline cudaError_t last_error = cudaSuccess;
+inline uint64_t block_serial = 0;  // counts the blocks run, so per-block state (wmma_on_cpu) can tell them apart
 
 struct Block {
   ucontext_t scheduler;
@@ -60,6 +61,27 @@ inline void syncthreads() {
   swapcontext(&b.threads[b.current], &b.scheduler);
 }
 
+// A fresh fiber for thread t of the block. Out of line and loop-free: getcontext returns twice, which
+// lets the compiler clobber a caller's variables that change after it (-Wclobbered).
+[[gnu::noinline]] inline void start_fiber(Block& b, uint64_t t, size_t stack_bytes) {
+  getcontext(&b.threads[t]);
+  b.threads[t].uc_stack.ss_sp = b.stacks[t].data();
+  b.threads[t].uc_stack.ss_size = stack_bytes;
+  b.threads[t].uc_link = &b.scheduler;
+  makecontext(&b.threads[t], thread_entry, 0);
+}
+
+inline void start_threads(Block& b, dim3 threads, size_t stack_bytes) {
+  uint64_t t = 0;
+  for (unsigned z = 0; z < threads.z; ++z)
+    for (unsigned y = 0; y < threads.y; ++y)
+      for (unsigned x = 0; x < threads.x; ++x, ++t) {
+        b.idx[t] = dim3(x, y, z);
+        b.state[t] = 0;
+        start_fiber(b, t, stack_bytes);
+      }
+}
+
 // Runs body once per (block, thread) of the geometry; returns the launch's error (also kept for
 // cudaGetLastError's twin, last_launch_error).
 inline cudaError_t launch(dim3 grid, dim3 threads, const std::function<void()>& body) {
@@ -81,18 +103,8 @@ inline cudaError_t launch(dim3 grid, dim3 threads, const std::function<void()>& 
     for (unsigned by = 0; by < grid.y; ++by)
       for (unsigned bx = 0; bx < grid.x; ++bx) {
         blockIdx = dim3(bx, by, bz);
-        uint64_t t = 0;
-        for (unsigned z = 0; z < threads.z; ++z)
-          for (unsigned y = 0; y < threads.y; ++y)
-            for (unsigned x = 0; x < threads.x; ++x, ++t) {
-              b.idx[t] = dim3(x, y, z);
-              b.state[t] = 0;
-              getcontext(&b.threads[t]);
-              b.threads[t].uc_stack.ss_sp = b.stacks[t].data();
-              b.threads[t].uc_stack.ss_size = kStack;
-              b.threads[t].uc_link = &b.scheduler;
-              makecontext(&b.threads[t], thread_entry, 0);
-            }
+        ++block_serial;
+        start_threads(b, threads, kStack);
         for (;;) {  // one phase per barrier
           for (uint64_t i = 0; i < nthreads; ++i) {
             if (b.state[i] == 2) continue;

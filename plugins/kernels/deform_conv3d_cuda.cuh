@@ -1,7 +1,8 @@
 // CUDA launchers over the shared DeformConv3d math (deform_conv3d_math.h). Used by the PyTorch CUDA op
 // (forward: cuda::forward, the same call as the plugin's; backward: im2col/col2im/offset_grad with
-// ATen's GEMM) and by the TensorRT plugin. Needs only the CUDA runtime: the GEMM is our own tiled kernel,
-// so the plugin library depends on no cuBLAS/cuDNN.
+// ATen's GEMM), by the TensorRT plugin and by the ONNX Runtime CUDA kernel. Needs only the CUDA runtime:
+// fp16/bf16 take the fused tensor-core kernel (deform_conv3d_cuda_fused.cuh), fp32/fp64 the chunked
+// im2col and our own tiled GEMM, so the plugin library depends on no cuBLAS/cuDNN.
 #pragma once
 
 #if defined(D3D_CUDA_ON_CPU)
@@ -15,7 +16,10 @@
 #include <algorithm>
 #include <cstdint>
 
+#include <type_traits>
+
 #include "deform_conv3d_attrs.h"
+#include "deform_conv3d_cuda_fused.cuh"
 #include "deform_conv3d_launch.h"
 #include "deform_conv3d_math.h"
 
@@ -129,13 +133,11 @@ __global__ void grouped_gemm_bias_kernel(DeformConv3dShape s, const scalar_t* we
   }
 }
 
-// Forward pass on one stream: chunked im2col into the workspace, then the grouped GEMM.
-// workspace must hold col_rows() * col_chunk(s, max_col_elems) elements of scalar_t.
+// fp32/fp64 forward: per batch item and column chunk, im2col into the workspace, then the grouped GEMM.
 template <typename scalar_t>
-cudaError_t forward(const DeformConv3dShape& s, const scalar_t* x, const scalar_t* offset, const scalar_t* weight,
-                    const scalar_t* bias, scalar_t* y, scalar_t* workspace, int64_t max_col_elems,
-                    cudaStream_t stream) {
-  const int64_t L = s.out_spatial(), chunk = col_chunk(s, max_col_elems);
+void forward_im2col_gemm(const DeformConv3dShape& s, const scalar_t* x, const scalar_t* offset, const scalar_t* weight,
+                         const scalar_t* bias, scalar_t* y, scalar_t* workspace, int64_t L, int64_t chunk,
+                         cudaStream_t stream) {
   for (int64_t n = 0; n < s.n; ++n) {
     const scalar_t* x_n = x + n * s.c * s.in_spatial();
     const scalar_t* off_n = offset + n * s.offset_channels() * L;
@@ -146,6 +148,28 @@ cudaError_t forward(const DeformConv3dShape& s, const scalar_t* x, const scalar_
       D3D_LAUNCH(grouped_gemm_bias_kernel, to_dim3(launch::gemm_grid(s, lc)), dim3(kTile, kTile), 0, stream, s, weight,
                  bias, workspace, lc, y_n, l0);
     }
+  }
+}
+
+// The 16-bit types go through the fused tensor-core kernel; the others through im2col + tiled GEMM.
+template <typename scalar_t>
+constexpr bool kFusedForward = std::is_same_v<scalar_t, __half> || std::is_same_v<scalar_t, __nv_bfloat16>;
+
+// Forward pass on one stream. fp32/fp64: chunked im2col into the workspace, then the grouped GEMM;
+// workspace must hold col_rows() * col_chunk(s, max_col_elems) elements of scalar_t. fp16/bf16: the fused
+// kernel, which uses no workspace.
+template <typename scalar_t>
+cudaError_t forward(const DeformConv3dShape& s, const scalar_t* x, const scalar_t* offset, const scalar_t* weight,
+                    const scalar_t* bias, scalar_t* y, scalar_t* workspace, int64_t max_col_elems,
+                    cudaStream_t stream) {
+  const int64_t L = s.out_spatial(), chunk = col_chunk(s, max_col_elems);
+  if constexpr (kFusedForward<scalar_t>) {
+    (void)workspace;
+    (void)L;
+    (void)chunk;
+    fused_forward(s, x, offset, weight, bias, y, stream);
+  } else {
+    forward_im2col_gemm(s, x, offset, weight, bias, y, workspace, L, chunk, stream);
   }
 #if defined(D3D_CUDA_ON_CPU)
   return cuda_on_cpu::take_last_error();

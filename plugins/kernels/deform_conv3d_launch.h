@@ -28,6 +28,19 @@ constexpr int64_t kMaxPairsY = D3D_LAUNCH_MAX_PAIRS_Y;
 #else
 constexpr int64_t kMaxPairsY = kMaxGridYZ;
 #endif
+#if defined(D3D_LAUNCH_MAX_BATCH_Z)
+constexpr int64_t kMaxBatchZ = D3D_LAUNCH_MAX_BATCH_Z;
+#else
+constexpr int64_t kMaxBatchZ = kMaxGridYZ;
+#endif
+
+// The fused forward (deform_conv3d_cuda_fused.cuh): a block of kFusedThreads (4 warps, 2x2 warp tiles of
+// 32x32) computes kFusedM output channels x kFusedN output positions of one group, over the group's rows
+// kFusedK at a time. The block's shared memory: 2 tiles in the I/O type plus one fp32 tile, ~27 KB.
+constexpr int kFusedM = 64;
+constexpr int kFusedN = 64;
+constexpr int kFusedK = 32;
+constexpr int kFusedThreads = 128;
 
 struct Grid {
   int64_t x = 1, y = 1, z = 1;
@@ -55,6 +68,16 @@ inline Grid gemm_grid(const DeformConv3dShape& s, int64_t lc) {
   const int64_t x = ceil_div(lc, kTile);
 #endif
   return {x, pairs < kMaxPairsY ? pairs : kMaxPairsY, 1};
+}
+
+// Fused forward: x = column tiles, y = (group, output-channel tile) pairs, z = batch items; each capped,
+// the kernel strides over the rest.
+D3D_HD int64_t fused_out_tiles(const DeformConv3dShape& s) { return ceil_div(s.o / s.group, kFusedM); }
+
+inline Grid fused_grid(const DeformConv3dShape& s) {
+  const int64_t x = ceil_div(s.out_spatial(), kFusedN), pairs = s.group * fused_out_tiles(s);
+  return {x < 1 ? 1 : (x < kMaxBlocks1d ? x : kMaxBlocks1d), pairs < kMaxPairsY ? pairs : kMaxPairsY,
+          s.n < kMaxBatchZ ? s.n : kMaxBatchZ};
 }
 
 }  // namespace launch

@@ -89,14 +89,23 @@ void check_forward(const Case& c) {
   for (size_t i = 0; i < y.size(); ++i) max_err = std::fmax(max_err, std::fabs(d3d::to_acc<float>(y[i]) - want[i]));
   const bool ok = max_err <= tolerance<T>() * scale;
   CHECK(ok, "%s %s: max |err| %.3g > %.3g", c.name, type_name<T>(), max_err, tolerance<T>() * scale);
-  // Threads of the first chunk's launches against their work items: a ratio below 1 means the grid-stride
-  // loops wrap (the cuda_on_cpu_grid_stride build lowers the caps so that they do).
-  const d3d::launch::Grid gi = d3d::launch::im2col_grid(s, chunk), gg = d3d::launch::gemm_grid(s, chunk);
-  const double im2col_cover = double(gi.x * d3d::launch::kThreads) / double(s.offset_group * s.taps() * chunk);
-  const double gemm_cover = double(gg.y) / double(s.group * d3d::launch::gemm_out_tiles(s));
-  std::printf("forward %-22s %s L=%lld chunk=%lld grid cover im2col %.2f gemm.y %.2f  max|err| %.3g (max|y| %.3g)\n",
-              c.name, type_name<T>(), static_cast<long long>(L), static_cast<long long>(chunk), im2col_cover,
-              gemm_cover, max_err, scale);
+  // Blocks of the launches against their work items: a ratio below 1 means the grid-stride loops wrap (the
+  // cuda_on_cpu_grid_stride build lowers the caps so that they do).
+  if constexpr (d3d::cuda::kFusedForward<T>) {
+    const d3d::launch::Grid gf = d3d::launch::fused_grid(s);
+    std::printf("forward %-22s %s fused (%s) L=%lld grid cover x %.2f y %.2f z %.2f  max|err| %.3g (max|y| %.3g)\n",
+                c.name, type_name<T>(), d3d::cuda::HasTensorCores<T>::value ? "wmma" : "portable mma",
+                static_cast<long long>(L), double(gf.x) / double(d3d::launch::ceil_div(L, d3d::launch::kFusedN)),
+                double(gf.y) / double(s.group * d3d::launch::fused_out_tiles(s)), double(gf.z) / double(s.n), max_err,
+                scale);
+  } else {
+    const d3d::launch::Grid gi = d3d::launch::im2col_grid(s, chunk), gg = d3d::launch::gemm_grid(s, chunk);
+    const double im2col_cover = double(gi.x * d3d::launch::kThreads) / double(s.offset_group * s.taps() * chunk);
+    const double gemm_cover = double(gg.y) / double(s.group * d3d::launch::gemm_out_tiles(s));
+    std::printf("forward %-22s %s L=%lld chunk=%lld grid cover im2col %.2f gemm.y %.2f  max|err| %.3g (max|y| %.3g)\n",
+                c.name, type_name<T>(), static_cast<long long>(L), static_cast<long long>(chunk), im2col_cover,
+                gemm_cover, max_err, scale);
+  }
 }
 
 // The backward kernels (im2col, col2im, offset_grad) against the CPU op's, in fp32 and fp64 sums.
@@ -140,6 +149,10 @@ int main() {
   d3d::DeformConv3dAttrs grouped = plain;
   grouped.group = 2;
   grouped.offset_group = 2;
+  // 3 groups of 2 channels, 2 offset groups of 3: group 1's channels belong to both offset groups.
+  d3d::DeformConv3dAttrs crossed = plain;
+  crossed.group = 3;
+  crossed.offset_group = 2;
   const Case cases[] = {
       // 3x5x7 output, 34-column chunks: the GEMM's last column tile and the last chunk are ragged.
       {"odd_3x5x7_chunked", {1, 3, 3, 5, 7}, {5, 3, 3, 3, 3}, plain, 81 * 34},
@@ -147,6 +160,10 @@ int main() {
       // 40 output channels in 2 groups: 4 (group, 16-channel tile) pairs, two of them ragged.
       {"groups_offset_groups", {1, 4, 2, 6, 5}, {40, 2, 3, 3, 3}, grouped, 54 * 29},
       {"one_chunk_wide", {1, 2, 2, 7, 19}, {3, 2, 1, 3, 3}, plain, 1 << 20},
+      {"groups_cross_offset_groups", {1, 6, 2, 5, 6}, {9, 2, 3, 3, 3}, crossed, 1 << 20},
+      // D3Dnet's 64 channels: 54 row chunks of the fused kernel, 2 column tiles, 80 outputs = 2 channel
+      // tiles (the second ragged).
+      {"d3dnet_64ch_80out", {1, 64, 3, 6, 7}, {80, 64, 3, 3, 3}, plain, 1728 * 40},
   };
   for (const Case& c : cases) {
     check_forward<float>(c);
