@@ -21,11 +21,13 @@
 #undef __device__
 #undef __host__
 #undef __forceinline__
+#undef __launch_bounds__
 #define __global__
 #define __shared__ static  // one array per kernel instantiation, shared by the running block's threads
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __launch_bounds__(...)
 
 namespace d3d {
 namespace cuda_on_cpu {
@@ -33,6 +35,9 @@ namespace cuda_on_cpu {
 inline dim3 threadIdx, blockIdx, blockDim, gridDim;  // the running thread's CUDA built-ins
 inline cudaError_t last_error = cudaSuccess;
 inline uint64_t block_serial = 0;  // counts the blocks run, so per-block state (wmma_on_cpu) can tell them apart
+// Called after each block completes (wmma_on_cpu checks that every lane made every warp-collective call);
+// returns false for a launch error.
+inline bool (*block_end_check)() = nullptr;
 
 struct Block {
   ucontext_t scheduler;
@@ -115,7 +120,10 @@ inline cudaError_t launch(dim3 grid, dim3 threads, const std::function<void()>& 
           }
           uint64_t done = 0;
           for (int st : b.state) done += st == 2;
-          if (done == nthreads) break;
+          if (done == nthreads) {
+            if (block_end_check != nullptr && !block_end_check()) return last_error = cudaErrorLaunchFailure;
+            break;
+          }
           if (done != 0) {
             std::fprintf(stderr, "cuda_on_cpu: __syncthreads reached by %llu of %llu threads of a block\n",
                          static_cast<unsigned long long>(nthreads - done), static_cast<unsigned long long>(nthreads));

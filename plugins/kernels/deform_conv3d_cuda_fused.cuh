@@ -21,9 +21,18 @@ namespace cuda {
 constexpr int kFusedPadAB = 8;  // keeps the 16-bit tiles' rows 32-byte aligned every 16 rows (wmma's rule)
 constexpr int kFusedPadC = 4;   // and the fp32 tile's; the padding also staggers shared-memory banks
 
+// The tile geometry the kernel's thread mapping assumes.
+static_assert(launch::kFusedM == 2 * kWarpTile && launch::kFusedN == 2 * kWarpTile && launch::kFusedThreads == 128,
+              "four warps, each one 32x32 quarter of the block's tile");
+static_assert(launch::kFusedK % 16 == 0, "whole wmma k-steps per chunk");
+static_assert(launch::kFusedThreads % launch::kFusedN == 0 &&
+                  launch::kFusedK % (launch::kFusedThreads / launch::kFusedN) == 0,
+              "the sampling threads cover the chunk's rows evenly");
+
 template <typename scalar_t>
-__global__ void fused_forward_kernel(DeformConv3dShape s, const scalar_t* x, const scalar_t* offset,
-                                     const scalar_t* weight, const scalar_t* bias, scalar_t* y) {
+__global__ void __launch_bounds__(launch::kFusedThreads)
+    fused_forward_kernel(DeformConv3dShape s, const scalar_t* x, const scalar_t* offset, const scalar_t* weight,
+                         const scalar_t* bias, scalar_t* y) {
   using launch::kFusedK;
   using launch::kFusedM;
   using launch::kFusedN;

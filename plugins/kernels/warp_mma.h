@@ -26,8 +26,9 @@ namespace wmma = ::d3d::wmma_on_cpu;
 namespace wmma = ::nvcuda::wmma;
 #endif
 
-// Whether the compiled architecture has tensor cores for T (nvcc's host pass sees the device passes' choice
-// only where it matters: the tile is used inside kernels alone).
+// Whether the architecture being compiled has tensor cores for T. Meaningful in device code only: nvcc's
+// host pass has no architecture and always says true, so host code must not dispatch on it (the tile is
+// used inside kernels alone; the CPU test only prints it).
 template <typename T>
 struct HasTensorCores {
   static constexpr bool value = false;
@@ -58,18 +59,24 @@ struct WarpTile<T, true> {
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
 
   __device__ void zero() {
+#pragma unroll
     for (int i = 0; i < 2; ++i)
+#pragma unroll
       for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
   }
   // acc += a * b: a is kWarpTile x depth, b is depth x kWarpTile, both row-major in shared memory (32-byte
   // aligned, leading dimensions multiples of 8 elements); depth is a multiple of 16.
   __device__ void mma(const T* a, int lda, const T* b, int ldb, int depth) {
-    for (int k = 0; k < depth; k += 16) {
+    for (int k = 0; k < depth; k += 16) {  // depth is a compile-time constant at the call: unrolled
       wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa[2];
       wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> fb[2];
+#pragma unroll
       for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], a + i * 16 * lda + k, lda);
+#pragma unroll
       for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], b + k * ldb + j * 16, ldb);
+#pragma unroll
       for (int i = 0; i < 2; ++i)
+#pragma unroll
         for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
     }
   }

@@ -5,6 +5,8 @@
 // is 256-bit (32-byte) aligned, ldm is a multiple of 8 for 16-bit elements and of 4 for float. A broken
 // rule is a launch error (cudaErrorMisalignedAddress), printed once per launch.
 //
+// After each block, every lane must have made all of lane 0's calls.
+//
 // A fragment holds the whole 16x16 tile in every lane (on the GPU each lane holds a part); lane 0 of the
 // warp does the work and the other lanes check that they were called the same way, so the result and the
 // shared memory written are those of one warp-wide operation. Products are summed in fp32 in k order:
@@ -85,6 +87,27 @@ inline bool collective(const void* ptr, unsigned ldm, int kind, unsigned elem_by
   }
   return false;
 }
+
+// After a block: every lane of each warp made all of lane 0's calls (a lane that skipped a
+// warp-collective call would hang or compute garbage on a GPU).
+inline bool check_block_end() {
+  const unsigned nthreads = blockDim.x * blockDim.y * blockDim.z;
+  bool ok = true;
+  for (unsigned warp = 0; warp * 32 < nthreads; ++warp) {
+    WarpLog& log = warp_log(warp);
+    if (log.block != cuda_on_cpu::block_serial) continue;  // no wmma call in this warp
+    const unsigned lanes = nthreads - warp * 32 < 32 ? nthreads - warp * 32 : 32;
+    for (unsigned lane = 1; lane < lanes; ++lane) {
+      if (log.next[lane] != log.calls.size()) {
+        ok = fail("not warp-uniform: a lane skipped a call lane 0 made", nullptr, 0);
+        break;
+      }
+    }
+  }
+  return ok;
+}
+
+inline const bool kBlockEndCheckInstalled = (cuda_on_cpu::block_end_check = check_block_end, true);
 
 template <typename T>
 float as_float(T v) {
