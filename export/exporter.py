@@ -188,6 +188,10 @@ def export_onnx(
         meta[META_CHECKPOINT] = checkpoint_sha256
     if flavour == "gridsample":
         meta[META_PORTABLE] = describe_portable([m.deform_dims for m in _deform_layers(model)], opset)
+        if options.precision == "bf16":  # opset 18 cannot hold bf16
+            meta[META_PORTABLE] = meta[META_PORTABLE].replace(
+                f"use opset {PORTABLE_OPSET} for them", f"for them use fp16 or fp32 at opset {PORTABLE_OPSET}"
+            )
         log.info("portable model: %s", meta[META_PORTABLE])
     if flavour != "custom":
         # The optimizer folds small weights' per-frame slices into new tensors; put the weight back

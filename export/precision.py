@@ -127,6 +127,11 @@ def _convert_bf16(proto: onnx.ModelProto, io_precision: str) -> onnx.ModelProto:
     # Its own logging goes to stdout at INFO; keep it to errors: its warnings here are about the constants
     # it duplicates (renamed back below) and an absent optional input, nothing a user acts on.
     autocast.configure_logging(logging.ERROR)
+    # It also warns through the root logger (the ops it keeps in fp32 for want of a bf16 form at this
+    # opset), which would install a root handler as a side effect: collected and logged here instead.
+    collected = _Collect()
+    root = logging.getLogger()
+    root.addHandler(collected)
     try:
         converted = autocast.convert_to_f16(
             proto,
@@ -137,10 +142,25 @@ def _convert_bf16(proto: onnx.ModelProto, io_precision: str) -> onnx.ModelProto:
         )
     except Exception as exc:  # a converter failure is reported in one line, as the exporter's are
         raise D3DError(f"bf16 conversion (ModelOpt AutoCast) failed: {summary_line(exc)}") from exc
+    finally:
+        root.removeHandler(collected)
+    for message in collected.messages:
+        log.info("ModelOpt AutoCast: %s", " ".join(message.split()))
     _restore_shared_names(proto, converted)
     # AutoCast writes a new model without the exporter's metadata (config, flavour, aliases): carried over.
     onnx.helper.set_model_props(converted, {p.key: p.value for p in proto.metadata_props})
     return converted
+
+
+class _Collect(logging.Handler):
+    """Keeps the messages of warnings logged while it is attached."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def _restore_shared_names(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
