@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) torch==2.13.0
-	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) -e '.[dev,rtx,serve]'
+	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) -e '.[dev,rtx,serve,bf16]'
 	# d3d serve: the tritonserver binary of the nvidia-pytriton wheel, unpacked into the venv (never the
 	# pytriton package, which pins numpy < 2; docs/SERVING.md).
 	$(BIN)/pip download --quiet --no-deps nvidia-pytriton==$(PYTRITON_VERSION) -d $(VENV)/wheels

@@ -20,6 +20,7 @@ from d3d import probes
 from d3d.atomic import atomic_write
 from d3d.errors import D3DError, summary_line
 from d3d.export.portable import form_for, restore_sliced_weights
+from d3d.export.precision import MIN_OPSET_BF16, check_precision_opset
 from d3d.export.schema import DOMAIN, register_schema
 from d3d.export.symbolic import FLAVOURS, export_flavour
 from d3d.export.validate import check_custom_nodes
@@ -60,7 +61,7 @@ class ExportOptions:
     batch: int = 1  # example (and, when static, fixed) input size
     height: int = 64
     width: int = 64
-    precision: str = "fp32"  # the graph's tensors: fp32, fp16 (onnxconverter-common) or bf16
+    precision: str = "fp32"  # the graph's tensors: fp32, fp16 (onnxconverter-common) or bf16 (ModelOpt AutoCast)
     io_precision: str = "fp32"  # model input and output: fp32 (Casts at the edges) or the precision
 
 
@@ -102,7 +103,10 @@ def resolve_opset(options: ExportOptions, model: torch.nn.Module) -> int:
     opset = options.opset
     if opset is None:
         opset = PORTABLE_OPSET if portable and not volume else DEFAULT_OPSET
+        if options.precision == "bf16":
+            opset = max(opset, MIN_OPSET_BF16)  # exported at once at the opset bf16 needs, not converted later
     check_opset(opset, flavour, volume)
+    check_precision_opset(options.precision, opset)
     return opset
 
 
@@ -184,6 +188,10 @@ def export_onnx(
         meta[META_CHECKPOINT] = checkpoint_sha256
     if flavour == "gridsample":
         meta[META_PORTABLE] = describe_portable([m.deform_dims for m in _deform_layers(model)], opset)
+        if options.precision == "bf16":  # opset 18 cannot hold bf16
+            meta[META_PORTABLE] = meta[META_PORTABLE].replace(
+                f"use opset {PORTABLE_OPSET} for them", f"for them use fp16 or fp32 at opset {PORTABLE_OPSET}"
+            )
         log.info("portable model: %s", meta[META_PORTABLE])
     if flavour != "custom":
         # The optimizer folds small weights' per-frame slices into new tensors; put the weight back

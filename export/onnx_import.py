@@ -18,7 +18,7 @@ def model_from_onnx(proto: onnx.ModelProto, source: str) -> D3Dnet:
     """Rebuilds the PyTorch model of an exported file: config from metadata_props, weights from the
     initializers (the exporter keeps parameter names)."""
     model = D3Dnet(**model_config(proto, source))
-    inits = {i.name: torch.from_numpy(onnx.numpy_helper.to_array(i).copy()) for i in proto.graph.initializer}
+    inits = {i.name: _tensor(i) for i in proto.graph.initializer}
     aliases = param_aliases(proto)
     state = {}
     for k, v in model.state_dict().items():
@@ -32,6 +32,15 @@ def model_from_onnx(proto: onnx.ModelProto, source: str) -> D3Dnet:
     except CheckpointError as exc:
         raise D3DError(f"cannot rebuild the PyTorch model from the ONNX initializers: {exc}") from None
     return model.eval()
+
+
+def _tensor(init: onnx.TensorProto) -> torch.Tensor:
+    """An initializer as a torch tensor; bf16 (a NumPy ml_dtypes array torch cannot take) widened to fp32,
+    which holds every bf16 value exactly."""
+    array = onnx.numpy_helper.to_array(init)
+    if init.data_type == onnx.TensorProto.BFLOAT16:
+        array = array.astype("float32")
+    return torch.from_numpy(array.copy())
 
 
 def model_for_checkpoint(proto: onnx.ModelProto, checkpoint: Path, source: str) -> tuple[D3Dnet, list[str]]:

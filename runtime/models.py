@@ -22,9 +22,9 @@ logger = logging.getLogger(__name__)
 
 RANDOM_SEED = 0
 SHIPPED_MODEL = Path(d3d.__file__).resolve().parent / "models" / "d3dnet_x4.pth.tar"
-# The custom-op flavour runs the shared kernel, faster on the CPU than the portable graph (side-by-side
-# figures in docs/PERFORMANCE.md).
-ORT_FLAVOUR_PORTABLE = False
+# The custom-op flavour runs the shared kernel, faster on the CPU than the standard-ops flavours
+# (side-by-side figures in docs/PERFORMANCE.md).
+ORT_FLAVOUR = "custom"
 # Modules whose code shapes an exported file: their installed sources key the ONNX cache.
 EXPORT_CODE_MODULES = (
     "d3d.model",
@@ -32,6 +32,7 @@ EXPORT_CODE_MODULES = (
     "d3d.export.exporter",
     "d3d.export.symbolic",
     "d3d.export.portable",
+    "d3d.export.deformconv19",
     "d3d.export.schema",
 )
 
@@ -124,8 +125,9 @@ def exporter_code_hash() -> str:
     return h.hexdigest()[:12]
 
 
-def onnx_for(source: ModelSource, portable: bool = ORT_FLAVOUR_PORTABLE) -> Path:
-    """The ONNX file for ``source``: the file itself, or a cached export of the checkpoint / random model."""
+def onnx_for(source: ModelSource, flavour: str = ORT_FLAVOUR) -> Path:
+    """The ONNX file for ``source``: the file itself, or a cached export of the checkpoint / random model
+    in ``flavour`` (custom, gridsample or deformconv; the cache file is named by it)."""
     from d3d._native import cache_dir, cache_subdir
     from d3d.export import ExportOptions, export_onnx
 
@@ -133,7 +135,12 @@ def onnx_for(source: ModelSource, portable: bool = ORT_FLAVOUR_PORTABLE) -> Path
         return source.path
     if source.kind == "engine":
         raise D3DError(f"{source.path}: a TensorRT engine runs only on the tensorrt backend")
-    flavour = "portable" if portable else "custom"
+    from d3d.export.symbolic import FLAVOURS
+
+    if flavour not in FLAVOURS:
+        raise D3DError(f"unknown export flavour {flavour!r}: use one of {', '.join(FLAVOURS)}")
+    # Files cached before the flavours were named ("-portable-") carry an older exporter-code hash, so
+    # they would not be found under any name this code makes: they are simply exported again.
     key = f"{source.sha256[:16]}" if source.kind == "checkpoint" else f"random-seed{source.seed}"
     name = f"d3dnet-{key}-{flavour}-{exporter_code_hash()}.onnx"
     path = cache_dir() / "onnx" / name
@@ -143,7 +150,7 @@ def onnx_for(source: ModelSource, portable: bool = ORT_FLAVOUR_PORTABLE) -> Path
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         logger.info("exporting the model to %s for ONNX Runtime (once)", path)
         try:
-            export_onnx(model, path, ExportOptions(portable=portable), checkpoint_sha256=source.sha256)
+            export_onnx(model, path, ExportOptions(flavour=flavour), checkpoint_sha256=source.sha256)
         except OSError as exc:
             raise D3DError(
                 f"{path}: cannot write the d3d cache ({reason(exc)}): set D3D_CACHE_DIR to a writable folder"

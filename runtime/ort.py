@@ -35,12 +35,26 @@ def create_session(
     """An ``onnxruntime.InferenceSession`` for either flavour of a d3d model."""
     import onnxruntime as ort
 
+    check_cpu_precision(proto, providers)
     custom_ops = any(n.domain == DOMAIN for n in proto.graph.node)
     options = _session_options(custom_ops, threads)
     try:
         return ort.InferenceSession(proto.SerializeToString(), options, providers=list(providers))
     except Exception as exc:
         raise D3DError(f"ONNX Runtime cannot load the model: {summary_line(exc)}") from None
+
+
+def check_cpu_precision(proto: onnx.ModelProto, providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
+    """Refuses, in one line, a bf16 graph on the CPU provider alone: ONNX Runtime 1.32's CPU provider has
+    no bfloat16 kernel for Conv, Add, LeakyRelu, Resize, GridSample or DeformConv (checked), and the op
+    library takes fp32 and fp16 only, so the session would fail with a type error on the first node."""
+    from d3d.export.exporter import graph_precision
+
+    if graph_precision(proto) == "bf16" and all(p == "CPUExecutionProvider" for p in providers):
+        raise D3DError(
+            "this is a bf16 model and ONNX Runtime's CPU provider has no bfloat16 kernels (Conv, Add, ...): "
+            "run it with TensorRT (`d3d build`), or export with --precision fp16 or fp32 for the CPU"
+        )
 
 
 def _session_options(custom_ops: bool, threads: int | None = None):

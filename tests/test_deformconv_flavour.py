@@ -176,3 +176,28 @@ def test_cli_refusals_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and err.startswith("d3d: error: ") and message in err, err
         assert not out.exists()
+
+
+def test_onnxruntime_deformconv_backend_exports_and_caches_by_flavour(tiny_checkpoint, tmp_path, monkeypatch):
+    """`--backend onnxruntime-deformconv` on a checkpoint: the automatic export is the deformconv flavour,
+    cached under a name that says so, and its output equals the PyTorch model's."""
+    from d3d import load_checkpoint
+    from d3d.runtime.backends import create_runner, get_backend
+    from d3d.runtime.models import onnx_for, resolve_source
+
+    monkeypatch.setenv("D3D_CACHE_DIR", str(tmp_path / "cache"))
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    source = resolve_source(checkpoint=tiny_checkpoint)
+    with pytest.raises(D3DError, match="unknown export flavour 'portable'"):
+        onnx_for(source, "portable")
+    runner = create_runner(get_backend("onnxruntime-deformconv"), source)
+    try:
+        assert runner.flavour == "deformconv" and "deformconv" in runner.describe()
+        cached = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
+        assert len(cached) == 1 and "-deformconv-" in cached[0].name
+        x = torch.rand(1, 1, 7, 12, 20, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            expected = load_checkpoint(tiny_checkpoint).eval()(x).numpy()
+        np.testing.assert_allclose(runner.infer(x.numpy()), expected, atol=1e-4, rtol=0)
+    finally:
+        runner.close()

@@ -24,7 +24,7 @@ WAIT_SLICE_S = 0.05  # how often the waiting thread wakes up for signals
 
 @dataclass
 class OrtOptions(BackendOptions):
-    portable: bool = False  # for checkpoints: run the standard-ops export instead of the custom op
+    flavour: str = "custom"  # for checkpoints: the export flavour run (custom, gridsample or deformconv)
 
     def validate(self) -> None:
         super().validate()
@@ -101,11 +101,16 @@ class OrtRunner(Runner):
 def _create(source, options: OrtOptions) -> OrtRunner:
     from d3d.runtime.models import onnx_for
 
-    return OrtRunner(onnx_for(source, portable=options.portable), options)
+    return OrtRunner(onnx_for(source, options.flavour), options)
 
 
 def _create_portable(source, options: OrtOptions) -> OrtRunner:
-    options.portable = True
+    options.flavour = "gridsample"
+    return _create(source, options)
+
+
+def _create_deformconv(source, options: OrtOptions) -> OrtRunner:
+    options.flavour = "deformconv"
     return _create(source, options)
 
 
@@ -130,6 +135,13 @@ BACKENDS = [
         "ONNX Runtime on the standard-ops (GridSample) export of a checkpoint",
         OrtOptions,
         _create_portable,
+        _unavailable,
+    ),
+    Backend(
+        "onnxruntime-deformconv",
+        "ONNX Runtime on the standard DeformConv-19 export of a checkpoint (no op library)",
+        OrtOptions,
+        _create_deformconv,
         _unavailable,
     ),
 ]

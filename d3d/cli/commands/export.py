@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--opset",
         type=int,
         help="ONNX opset, 18..23 (default: 20; 18 for --flavour gridsample, whose 4-D GridSample then is "
-        "GridSample-16, or 20 where a layer deforms T; at least 19 for --flavour deformconv)",
+        "GridSample-16, or 20 where a layer deforms T; at least 19 for --flavour deformconv; 22 and up for "
+        "--precision bf16)",
     )
     parser.add_argument(
         "--flavour",
@@ -37,9 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=["fp32", "fp16", "bf16"],
         default="fp32",
-        help="type of the graph's weights and activations (default fp32; fp16 through onnxconverter-common; "
-        "bf16 not yet; fp16 is refused where a layer's activations on real frames would overflow it); a TensorRT "
-        "engine built from the file has this precision (strongly typed)",
+        help="type of the graph's weights and activations (default fp32; fp16 through onnxconverter-common, "
+        "refused where a layer's activations on real frames would overflow it; bf16 through NVIDIA ModelOpt's "
+        "AutoCast, the [bf16] extra, opset 22); a TensorRT engine built from the file has this precision "
+        "(strongly typed)",
     )
     parser.add_argument(
         "--io-precision",
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from d3d import D3Dnet, load_checkpoint
     from d3d.errors import D3DError
     from d3d.export import ExportOptions, check_opset, export_onnx, file_sha256, portable_form
-    from d3d.export.precision import check_precision
+    from d3d.export.precision import check_precision, check_precision_opset
     from d3d.outputs import check_target
 
     if args.portable and args.flavour is not None:
@@ -84,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     flavour = "gridsample" if args.portable else (args.flavour or "custom")
     if args.opset is not None:
         check_opset(args.opset, flavour)  # before any slow work
+        check_precision_opset(args.precision, args.opset)
     check_precision(args.precision, args.io_precision)
     if args.random_init and args.checkpoint is not None:
         raise D3DError(f"conflicting model sources: --random-init and checkpoint {args.checkpoint}; give exactly one")
@@ -115,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         io_precision=args.io_precision,
     )
-    if args.precision != "fp32":
+    if args.precision == "fp16":  # bf16 has fp32's range
         _check_range(model)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
