@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from d3d._native import NativeBuildError, load_native
+from d3d._plugins.contract import conv_out_size
 from d3d.reference import IntOr3, deform_conv3d_reference, triple
 
 __all__ = [
@@ -47,9 +48,9 @@ def register_onnx_lowering(fn: Callable[..., torch.Tensor]) -> None:
 def output_size(
     size: tuple[int, int, int], kernel: tuple[int, int, int], stride: IntOr3, padding: IntOr3, dilation: IntOr3
 ) -> tuple[int, int, int]:
-    """(T', H', W') of DeformConv3d, as for Conv3d."""
+    """(T', H', W') of DeformConv3d, as for Conv3d (the contract's rule, plugins/contract.py)."""
     st, pd, dl = triple(stride, "stride"), triple(padding, "padding"), triple(dilation, "dilation")
-    return tuple((size[a] + 2 * pd[a] - dl[a] * (kernel[a] - 1) - 1) // st[a] + 1 for a in range(3))  # type: ignore[return-value]
+    return tuple(conv_out_size(size[a], pd[a], dl[a], kernel[a], st[a]) for a in range(3))  # type: ignore[return-value]
 
 
 def ensure_native() -> None:

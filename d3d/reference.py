@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from d3d._plugins.contract import conv_out_size
+
 IntOr3 = int | Sequence[int]
 
 
@@ -44,7 +46,7 @@ def deform_conv3d_reference(
     k = kt * kh * kw
     sizes = (t, h, w)
     ksizes = (kt, kh, kw)
-    out = [(sizes[a] + 2 * pd[a] - dl[a] * (ksizes[a] - 1) - 1) // st[a] + 1 for a in range(3)]
+    out = [conv_out_size(sizes[a], pd[a], dl[a], ksizes[a], st[a]) for a in range(3)]
     if any(v < 1 for v in out):
         raise ValueError(f"input {tuple(input.shape)} is too small for kernel {ksizes}")
     if sorted(deform_dims, key="THW".index) != list(deform_dims) or not set(deform_dims) <= set("THW"):
