@@ -208,3 +208,16 @@ def work(tmp_path, monkeypatch):
     (tmp_path / "sub" / "data.bin").write_bytes(os.urandom(64))
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def serve_extra(module: str):
+    """Imports ``module`` of the serve extra (part of ``make setup``), else skips the calling test module;
+    under CI=true a missing extra is an error instead."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:  # pragma: no cover - the serve extra is part of make setup
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"{module.split('.')[0]} is not installed (the serve extra)", allow_module_level=True)
