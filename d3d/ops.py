@@ -14,7 +14,15 @@ from collections.abc import Callable
 import torch
 
 from d3d._native import NativeBuildError, load_native
-from d3d._plugins.contract import conv_out_size
+from d3d._plugins.contract import (
+    DEFAULT_DEFORM_DIMS,
+    DEFAULT_DILATION,
+    DEFAULT_GROUP,
+    DEFAULT_OFFSET_GROUP,
+    DEFAULT_PAD,
+    DEFAULT_STRIDE,
+    conv_out_size,
+)
 from d3d.reference import IntOr3, deform_conv3d_reference, triple
 
 __all__ = [
@@ -167,12 +175,12 @@ def deform_conv3d(
     offset: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
-    stride: IntOr3 = 1,
-    padding: IntOr3 = 0,
-    dilation: IntOr3 = 1,
-    groups: int = 1,
-    offset_groups: int = 1,
-    deform_dims: str = "THW",
+    stride: IntOr3 = DEFAULT_STRIDE,
+    padding: IntOr3 = DEFAULT_PAD,
+    dilation: IntOr3 = DEFAULT_DILATION,
+    groups: int = DEFAULT_GROUP,
+    offset_groups: int = DEFAULT_OFFSET_GROUP,
+    deform_dims: str = DEFAULT_DEFORM_DIMS,
 ) -> torch.Tensor:
     """Deformable 3-D convolution (modelled on ``torchvision.ops.deform_conv2d``).
 
