@@ -29,8 +29,27 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # the package from this source tree unless one is installed
+
+
+def use_source_tree() -> None:
+    """Makes ``import d3d`` find this source tree's package unless one is installed, with ``d3d._plugins``
+    mapped to ``plugins/`` as pyproject's package-dir does (the model layer reads the op contract there)."""
+    import importlib.util
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    if importlib.util.find_spec("d3d._plugins") is None:
+        folder = REPO / "plugins"
+        spec = importlib.util.spec_from_file_location(
+            "d3d._plugins", folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["d3d._plugins"] = module
+        spec.loader.exec_module(module)
+
+
+use_source_tree()
 
 # Normalised tolerance per I/O type: max |got - want| / max |want|. Positions, weights and sums are fp32
 # for every type; fp16/bf16 round the inputs, the column buffer and the output.
@@ -194,8 +213,10 @@ def make_case(case: tuple, gen, offset_scale: float = 2.0) -> dict:
     """fp64 CPU tensors and keyword arguments of one parity case."""
     import torch
 
+    from d3d.ops import output_size
+
     n, c, o, t, h, w, k, s, p, d, g, og, dd = case
-    out = [(i + 2 * pp - dl * (kk - 1) - 1) // st + 1 for i, kk, st, pp, dl in zip((t, h, w), k, s, p, d, strict=True)]
+    out = output_size((t, h, w), k, s, p, d)
     x = torch.rand(n, c, t, h, w, generator=gen, dtype=torch.float64)
     off = torch.rand(n, og * k[0] * k[1] * k[2] * len(dd), *out, generator=gen, dtype=torch.float64) - 0.5
     weight = (torch.rand(o, c // g, *k, generator=gen, dtype=torch.float64) - 0.5) / (

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from gpu_check import use_source_tree  # bench/ is this script's folder
+
+use_source_tree()
 
 
 def main() -> int:

@@ -7,6 +7,14 @@ import math
 import torch
 from torch import nn
 
+from d3d._plugins.contract import (
+    DEFAULT_DEFORM_DIMS,
+    DEFAULT_DILATION,
+    DEFAULT_GROUP,
+    DEFAULT_OFFSET_GROUP,
+    DEFAULT_PAD,
+    DEFAULT_STRIDE,
+)
 from d3d.ops import deform_conv3d
 from d3d.reference import IntOr3, triple
 
@@ -23,12 +31,12 @@ class DeformConv3d(nn.Module):
         in_channels: int,
         out_channels: int,
         kernel_size: IntOr3,
-        stride: IntOr3 = 1,
-        padding: IntOr3 = 0,
-        dilation: IntOr3 = 1,
-        groups: int = 1,
-        offset_groups: int = 1,
-        deform_dims: str = "THW",
+        stride: IntOr3 = DEFAULT_STRIDE,
+        padding: IntOr3 = DEFAULT_PAD,
+        dilation: IntOr3 = DEFAULT_DILATION,
+        groups: int = DEFAULT_GROUP,
+        offset_groups: int = DEFAULT_OFFSET_GROUP,
+        deform_dims: str = DEFAULT_DEFORM_DIMS,
         bias: bool = True,
     ) -> None:
         super().__init__()

@@ -14,6 +14,15 @@ from collections.abc import Callable
 import torch
 
 from d3d._native import NativeBuildError, load_native
+from d3d._plugins.contract import (
+    DEFAULT_DEFORM_DIMS,
+    DEFAULT_DILATION,
+    DEFAULT_GROUP,
+    DEFAULT_OFFSET_GROUP,
+    DEFAULT_PAD,
+    DEFAULT_STRIDE,
+    conv_out_size,
+)
 from d3d.reference import IntOr3, deform_conv3d_reference, triple
 
 __all__ = [
@@ -47,9 +56,9 @@ def register_onnx_lowering(fn: Callable[..., torch.Tensor]) -> None:
 def output_size(
     size: tuple[int, int, int], kernel: tuple[int, int, int], stride: IntOr3, padding: IntOr3, dilation: IntOr3
 ) -> tuple[int, int, int]:
-    """(T', H', W') of DeformConv3d, as for Conv3d."""
+    """(T', H', W') of DeformConv3d, as for Conv3d (the contract's rule, plugins/contract.py)."""
     st, pd, dl = triple(stride, "stride"), triple(padding, "padding"), triple(dilation, "dilation")
-    return tuple((size[a] + 2 * pd[a] - dl[a] * (kernel[a] - 1) - 1) // st[a] + 1 for a in range(3))  # type: ignore[return-value]
+    return tuple(conv_out_size(size[a], pd[a], dl[a], kernel[a], st[a]) for a in range(3))  # type: ignore[return-value]
 
 
 def ensure_native() -> None:
@@ -166,12 +175,12 @@ def deform_conv3d(
     offset: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
-    stride: IntOr3 = 1,
-    padding: IntOr3 = 0,
-    dilation: IntOr3 = 1,
-    groups: int = 1,
-    offset_groups: int = 1,
-    deform_dims: str = "THW",
+    stride: IntOr3 = DEFAULT_STRIDE,
+    padding: IntOr3 = DEFAULT_PAD,
+    dilation: IntOr3 = DEFAULT_DILATION,
+    groups: int = DEFAULT_GROUP,
+    offset_groups: int = DEFAULT_OFFSET_GROUP,
+    deform_dims: str = DEFAULT_DEFORM_DIMS,
 ) -> torch.Tensor:
     """Deformable 3-D convolution (modelled on ``torchvision.ops.deform_conv2d``).
 

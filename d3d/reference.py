@@ -12,6 +12,16 @@ from collections.abc import Sequence
 
 import torch
 
+from d3d._plugins.contract import (
+    DEFAULT_DEFORM_DIMS,
+    DEFAULT_DILATION,
+    DEFAULT_GROUP,
+    DEFAULT_OFFSET_GROUP,
+    DEFAULT_PAD,
+    DEFAULT_STRIDE,
+    conv_out_size,
+)
+
 IntOr3 = int | Sequence[int]
 
 
@@ -30,12 +40,12 @@ def deform_conv3d_reference(
     offset: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
-    stride: IntOr3 = 1,
-    padding: IntOr3 = 0,
-    dilation: IntOr3 = 1,
-    groups: int = 1,
-    offset_groups: int = 1,
-    deform_dims: str = "THW",
+    stride: IntOr3 = DEFAULT_STRIDE,
+    padding: IntOr3 = DEFAULT_PAD,
+    dilation: IntOr3 = DEFAULT_DILATION,
+    groups: int = DEFAULT_GROUP,
+    offset_groups: int = DEFAULT_OFFSET_GROUP,
+    deform_dims: str = DEFAULT_DEFORM_DIMS,
 ) -> torch.Tensor:
     """DeformConv3d by definition (see docs/deform_conv3d_spec.md); differentiable by autograd."""
     st, pd, dl = triple(stride, "stride"), triple(padding, "padding"), triple(dilation, "dilation")
@@ -44,7 +54,7 @@ def deform_conv3d_reference(
     k = kt * kh * kw
     sizes = (t, h, w)
     ksizes = (kt, kh, kw)
-    out = [(sizes[a] + 2 * pd[a] - dl[a] * (ksizes[a] - 1) - 1) // st[a] + 1 for a in range(3)]
+    out = [conv_out_size(sizes[a], pd[a], dl[a], ksizes[a], st[a]) for a in range(3)]
     if any(v < 1 for v in out):
         raise ValueError(f"input {tuple(input.shape)} is too small for kernel {ksizes}")
     if sorted(deform_dims, key="THW".index) != list(deform_dims) or not set(deform_dims) <= set("THW"):

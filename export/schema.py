@@ -11,9 +11,19 @@ from __future__ import annotations
 import onnx
 from onnx import defs
 
-DOMAIN = "d3d"
-OP_TYPE = "DeformConv3d"
-VERSION = 1
+from d3d._plugins.contract import (
+    DEFAULT_DILATION,
+    DEFAULT_PAD,
+    DEFAULT_STRIDE,
+    DOMAIN,
+    OP_TYPE,
+    OPSET_VERSION,
+    PLUGIN_VERSION,
+    conv_out_add,
+    conv_out_size,
+)
+
+VERSION = OPSET_VERSION
 
 _ATTRS = {
     "strides": (defs.OpSchema.AttrType.INTS, "stride per axis (T, H, W)"),
@@ -22,8 +32,8 @@ _ATTRS = {
     "group": (defs.OpSchema.AttrType.INT, "channel groups"),
     "offset_group": (defs.OpSchema.AttrType.INT, "input-channel groups sharing one offset field"),
     "deform_dims": (defs.OpSchema.AttrType.STRING, "deformed axes: ordered non-empty subset of THW"),
-    "plugin_version": (defs.OpSchema.AttrType.STRING, 'TensorRT plugin version ("1")'),
-    "plugin_namespace": (defs.OpSchema.AttrType.STRING, 'TensorRT plugin namespace ("d3d")'),
+    "plugin_version": (defs.OpSchema.AttrType.STRING, f'TensorRT plugin version ("{PLUGIN_VERSION}")'),
+    "plugin_namespace": (defs.OpSchema.AttrType.STRING, f'TensorRT plugin namespace ("{DOMAIN}")'),
 }
 
 
@@ -45,9 +55,9 @@ def _infer(ctx) -> None:
         xd, wd = x_type.tensor_type.shape.dim, w_type.tensor_type.shape.dim
         if len(xd) != 5 or len(wd) != 5:
             raise onnx.shape_inference.InferenceError("DeformConv3d: X and W must be 5-D")
-        strides = list(_attr(ctx, "strides", [1, 1, 1]))
-        pads = list(_attr(ctx, "pads", [0, 0, 0]))
-        dils = list(_attr(ctx, "dilations", [1, 1, 1]))
+        strides = list(_attr(ctx, "strides", [DEFAULT_STRIDE] * 3))
+        pads = list(_attr(ctx, "pads", [DEFAULT_PAD] * 3))
+        dils = list(_attr(ctx, "dilations", [DEFAULT_DILATION] * 3))
         for name, v in (("strides", strides), ("pads", pads), ("dilations", dils)):
             if len(v) != 3:
                 raise onnx.shape_inference.InferenceError(f"DeformConv3d: {name} needs 3 values, got {len(v)}")
@@ -58,9 +68,9 @@ def _infer(ctx) -> None:
             d, kd = xd[2 + a], wd[2 + a]
             new = shape.dim.add()
             if d.HasField("dim_value") and kd.HasField("dim_value"):
-                new.dim_value = (d.dim_value + 2 * pads[a] - dils[a] * (kd.dim_value - 1) - 1) // strides[a] + 1
-            elif kd.HasField("dim_value") and strides[a] == 1 and 2 * pads[a] == dils[a] * (kd.dim_value - 1):
-                new.CopyFrom(d)  # "same" convolution: the symbolic extent passes through
+                new.dim_value = conv_out_size(d.dim_value, pads[a], dils[a], kd.dim_value, strides[a])
+            elif kd.HasField("dim_value") and strides[a] == 1 and conv_out_add(pads[a], dils[a], kd.dim_value) == -1:
+                new.CopyFrom(d)  # "same" convolution (out == in): the symbolic extent passes through
             elif d.HasField("dim_param"):
                 new.dim_param = f"{d.dim_param}_dc3d_out"
     ctx.set_output_type(0, out)

@@ -9,14 +9,30 @@ from __future__ import annotations
 
 import onnx
 
+from d3d._plugins.contract import (
+    DEFAULT_DEFORM_DIMS,
+    DEFAULT_DILATION,
+    DEFAULT_GROUP,
+    DEFAULT_OFFSET_GROUP,
+    DEFAULT_PAD,
+    DEFAULT_STRIDE,
+    DOMAIN,
+    MAX_ATTR,
+    OP_TYPE,
+    PLUGIN_VERSION,
+)
 from d3d.errors import D3DError
-from d3d.export.schema import DOMAIN, OP_TYPE
 
-MAX_ATTR = 1 << 20  # kMaxAttr in deform_conv3d_attrs.h
-PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = DOMAIN
 _AXES = "THW"
-_INTS3 = {"strides": ("stride", 1), "pads": ("padding", 0), "dilations": ("dilation", 1)}
+# ONNX name: (word in messages, lowest valid value, default where the node leaves it out)
+_INTS3 = {
+    "strides": ("stride", 1, DEFAULT_STRIDE),
+    "pads": ("padding", 0, DEFAULT_PAD),
+    "dilations": ("dilation", 1, DEFAULT_DILATION),
+}
+_DEFAULT_INT = {"group": DEFAULT_GROUP, "offset_group": DEFAULT_OFFSET_GROUP}
+_MAX_ATTR_TEXT = f"2^{MAX_ATTR.bit_length() - 1}"  # as validate_attrs words it (a power of two)
 _KNOWN = {*_INTS3, "group", "offset_group", "deform_dims", "plugin_version", "plugin_namespace"}
 _TYPES = {
     "strides": onnx.AttributeProto.INTS,
@@ -46,18 +62,18 @@ def deform_dims_error(dims: str) -> str:
 
 def attrs_error(attrs: dict) -> str:
     """ "" when the attribute values satisfy the spec, else the first reason (``validate_attrs``)."""
-    for key, (word, low) in _INTS3.items():
-        values = list(attrs.get(key, [low] * 3))
+    for key, (word, low, default) in _INTS3.items():
+        values = list(attrs.get(key, [default] * 3))
         if len(values) != 3:
             return f"{key} needs 3 values (T, H, W), got {len(values)}"
         for axis, v in zip(_AXES, values, strict=True):
             if not low <= v <= MAX_ATTR:
-                return f"{word} along {axis} must be in [{low}, 2^20], got {v}"
-    for key in ("group", "offset_group"):
-        v = attrs.get(key, 1)
+                return f"{word} along {axis} must be in [{low}, {_MAX_ATTR_TEXT}], got {v}"
+    for key, default in _DEFAULT_INT.items():
+        v = attrs.get(key, default)
         if not 1 <= v <= MAX_ATTR:
             return f"{key} must be >= 1, got {v}"
-    err = deform_dims_error(attrs.get("deform_dims", "THW"))
+    err = deform_dims_error(attrs.get("deform_dims", DEFAULT_DEFORM_DIMS))
     if err:
         return err
     for key, ours in (("plugin_version", PLUGIN_VERSION), ("plugin_namespace", PLUGIN_NAMESPACE)):
@@ -86,7 +102,7 @@ def _weight_error(node: onnx.NodeProto, attrs: dict, inits: dict[str, onnx.Tenso
         return ""
     if len(w.dims) != 5:
         return f"weight must be 5-D [O, C/group, kT, kH, kW], got {list(w.dims)}"
-    group = attrs.get("group", 1)
+    group = attrs.get("group", DEFAULT_GROUP)
     if w.dims[0] % group != 0:
         return f"output channels ({w.dims[0]}) must be divisible by group ({group})"
     if len(node.input) > 3 and node.input[3] in inits:
@@ -126,7 +142,7 @@ def _shape_error(node: onnx.NodeProto, attrs: dict, dims: dict[str, list[int | N
     x, off, w = (dims.get(name) for name in node.input[:3])
     if not w or len(w) != 5:
         return ""
-    group, offset_group = attrs.get("group", 1), attrs.get("offset_group", 1)
+    group, offset_group = attrs.get("group", DEFAULT_GROUP), attrs.get("offset_group", DEFAULT_OFFSET_GROUP)
     if x and len(x) == 5 and x[1] is not None:
         c = x[1]
         if w[1] * group != c:
@@ -134,7 +150,7 @@ def _shape_error(node: onnx.NodeProto, attrs: dict, dims: dict[str, list[int | N
         if c % offset_group != 0:
             return f"input channels ({c}) must be divisible by offset_group ({offset_group})"
     if off and len(off) == 5 and off[1] is not None:
-        want = offset_group * w[2] * w[3] * w[4] * len(attrs.get("deform_dims", "THW"))
+        want = offset_group * w[2] * w[3] * w[4] * len(attrs.get("deform_dims", DEFAULT_DEFORM_DIMS))
         if off[1] != want:
             return f"offset has {off[1]} channels, expected offset_group * kT*kH*kW * len(deform_dims) = {want}"
     return ""

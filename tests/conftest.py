@@ -33,6 +33,19 @@ def native() -> None:
     d3d.ops.ensure_native()
 
 
+def move_offsets(model, weight_std: float, bias_std: float | None = None):
+    """Draws the offset convolutions of a D3Dnet (zero at creation, as in the seed) from normal
+    distributions so that its deformable layers sample off the grid: ``weight_std`` makes the offsets
+    depend on the input, ``bias_std`` (where given) shifts every tap by about that many pixels. Each
+    layer's weight is drawn before its bias, in module order. Returns the model."""
+    for m in model.modules():
+        if hasattr(m, "conv_offset"):
+            torch.nn.init.normal_(m.conv_offset.weight, 0.0, weight_std)
+            if bias_std is not None:
+                torch.nn.init.normal_(m.conv_offset.bias, 0.0, bias_std)
+    return model
+
+
 # --- Small models, frames and file-system snapshots for the CLI tests ---------------------------------
 
 
@@ -208,3 +221,16 @@ def work(tmp_path, monkeypatch):
     (tmp_path / "sub" / "data.bin").write_bytes(os.urandom(64))
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def serve_extra(module: str):
+    """Imports ``module`` of the serve extra (part of ``make setup``), else skips the calling test module;
+    under CI=true a missing extra is an error instead."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:  # pragma: no cover - the serve extra is part of make setup
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"{module.split('.')[0]} is not installed (the serve extra)", allow_module_level=True)

@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import move_offsets
 
 from d3d import D3Dnet, DeformConv3d, save_checkpoint
 from d3d.cli import main as cli
@@ -34,10 +35,7 @@ def small(tmp_path_factory):
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     torch.manual_seed(3)
     model = D3Dnet(nf=8, d3d_blocks=1, res_blocks=1)
-    for m in model.modules():
-        if hasattr(m, "conv_offset"):
-            torch.nn.init.normal_(m.conv_offset.weight, 0.0, 0.2)
-            torch.nn.init.normal_(m.conv_offset.bias, 0.0, 6.0)
+    move_offsets(model, 0.2, 6.0)
     model.eval()
     path = tmp_path_factory.mktemp("deformconv") / "small.onnx"
     proto = export_onnx(model, path, ExportOptions(flavour="deformconv"))

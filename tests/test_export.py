@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import move_offsets
 
 from d3d import D3Dnet, save_checkpoint
 from d3d.cli import main as cli
@@ -25,10 +26,7 @@ def _model(seed: int) -> D3Dnet:
     move taps by several pixels, many outside the frame."""
     torch.manual_seed(seed)
     model = D3Dnet(nf=8, d3d_blocks=2, res_blocks=1).eval()
-    for m in model.modules():
-        if hasattr(m, "conv_offset"):
-            torch.nn.init.normal_(m.conv_offset.weight, 0.0, 0.2)
-            torch.nn.init.normal_(m.conv_offset.bias, 0.0, 12.0)
+    move_offsets(model, 0.2, 12.0)
     return model
 
 

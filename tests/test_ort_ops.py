@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import move_offsets
 from onnx import TensorProto, helper, numpy_helper
 
 from d3d import D3Dnet
@@ -223,10 +224,7 @@ def test_exported_model_runs_in_plain_onnxruntime_from_a_copied_folder(plain_ven
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     torch.manual_seed(int(torch.randint(0, 2**31, (1,))))
     model = D3Dnet(nf=8, d3d_blocks=1, res_blocks=1).eval()
-    for m in model.modules():
-        if hasattr(m, "conv_offset"):  # offsets of several pixels: many taps land outside the frame
-            torch.nn.init.normal_(m.conv_offset.weight, 0.0, 0.1)
-            torch.nn.init.normal_(m.conv_offset.bias, 0.0, 4.0)
+    move_offsets(model, 0.1, 4.0)  # offsets of several pixels: many taps land outside the frame
     onnx_path = tmp_path / "d3dnet.onnx"
     export_onnx(model, onnx_path, ExportOptions())
     # Two frame sizes through the one dynamic file.

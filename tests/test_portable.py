@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import move_offsets
 
 from d3d import D3Dnet, DeformConv3d, DeformConv3dPack
 from d3d.cli import main as cli
@@ -127,10 +128,7 @@ def test_frame_wise_form_samples_the_border_as_the_contract_says(axis, gen):
 def _moving_offsets(model: torch.nn.Module) -> torch.nn.Module:
     """Offset convolutions with weights and biases large enough to move taps by several pixels, many
     outside the frame (a fresh D3Dnet's are zero)."""
-    for m in model.modules():
-        if hasattr(m, "conv_offset"):
-            torch.nn.init.normal_(m.conv_offset.weight, 0.0, 0.2)
-            torch.nn.init.normal_(m.conv_offset.bias, 0.0, 12.0)
+    move_offsets(model, 0.2, 12.0)
     return model.eval()
 
 
@@ -239,10 +237,7 @@ def _time_deformed_d3dnet(nf: int = 8) -> D3Dnet:
     block = model.residual_layer[0]
     block.dcn0 = DeformConv3dPack(nf, nf, kernel_size=3, padding=1, deform_dims="THW")
     block.dcn1 = DeformConv3dPack(nf, nf, kernel_size=3, padding=1, deform_dims="TW")
-    for m in model.modules():
-        if hasattr(m, "conv_offset"):
-            torch.nn.init.normal_(m.conv_offset.weight, 0.0, 0.1)
-            torch.nn.init.normal_(m.conv_offset.bias, 0.0, 2.0)
+    move_offsets(model, 0.1, 2.0)
     return model.eval()
 
 

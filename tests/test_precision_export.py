@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import write_frames
+from conftest import move_offsets, write_frames
 
 from d3d import D3Dnet
 from d3d.cli import main as cli
@@ -110,9 +110,7 @@ def test_fp16_models_on_the_cpu_psnr(tmp_path):
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     torch.manual_seed(0)
     model = D3Dnet(nf=8, d3d_blocks=1, res_blocks=1).eval()
-    for m in model.modules():
-        if hasattr(m, "conv_offset"):
-            torch.nn.init.normal_(m.conv_offset.weight, 0.0, 0.2)  # taps moved off the grid
+    move_offsets(model, 0.2)  # taps moved off the grid
     rng = np.random.default_rng(1)
     # The custom-op flavour only: a GridSample export costs ~35 s here, over the CI budget; its fp16
     # figures in docs/TENSORRT.md were measured once, outside the tests.

@@ -13,6 +13,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from conftest import move_offsets
 
 from d3d import D3Dnet
 from d3d.cli import main as cli
@@ -43,10 +44,7 @@ def custom_model(tmp_path_factory) -> tuple[Path, int]:
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     torch.manual_seed(int(torch.randint(0, 2**31, (1,))))
     model = D3Dnet(nf=8, d3d_blocks=1, res_blocks=1).eval()
-    for m in model.modules():
-        if hasattr(m, "conv_offset"):
-            torch.nn.init.normal_(m.conv_offset.weight, 0.0, 0.2)
-            torch.nn.init.normal_(m.conv_offset.bias, 0.0, 12.0)
+    move_offsets(model, 0.2, 12.0)
     layer = model.residual_layer[0].dcn0
     with torch.no_grad():
         off = layer.conv_offset(model.input(torch.rand(1, 1, 7, 16, 16)))

@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import write_png
+from conftest import move_offsets, write_png
 
 from d3d import D3Dnet
 from d3d.cli import main as cli
@@ -35,10 +35,7 @@ def small(tmp_path_factory):
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     torch.manual_seed(int(torch.randint(0, 2**31, (1,))))
     model = D3Dnet(nf=8, d3d_blocks=1, res_blocks=1).eval()
-    for m in model.modules():
-        if hasattr(m, "conv_offset"):
-            torch.nn.init.normal_(m.conv_offset.weight, 0.0, 0.1)
-            torch.nn.init.normal_(m.conv_offset.bias, 0.0, 2.0)
+    move_offsets(model, 0.1, 2.0)
     path = tmp_path_factory.mktemp("model") / "small.onnx"
     export_onnx(model, path, ExportOptions())
     return model, path

@@ -342,3 +342,37 @@ def test_cli_errors_are_one_line(tiny_checkpoint, clips, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("d3d: error: ") and "\n" not in err and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+# --- The window plan both sides follow -------------------------------------------------------------
+
+
+def _hand_windows(n: int, frames: int, cuts: set[int]) -> list[list[int]]:
+    """Frame indices of every window, written out from the rule: clamp to the shot that holds the frame."""
+    starts = [0, *sorted(c for c in cuts if 0 < c < n)]
+    out = []
+    for i in range(n):
+        first = max(s for s in starts if s <= i)
+        last = min([s - 1 for s in starts if s > i] or [n - 1])
+        out.append([min(max(j, first), last) for j in range(i - frames // 2, i + frames // 2 + 1)])
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_window_plan_matches_the_clamping_rule(seed):
+    from d3d.runtime.scenes import WindowPlan
+
+    rng = np.random.default_rng(seed)
+    n, frames = int(rng.integers(1, 20)), int(rng.choice([1, 3, 5, 7]))
+    cuts = set(rng.choice(np.arange(1, n + 1), size=min(n, int(rng.integers(0, 5))), replace=False).tolist())
+    plan, held, got = WindowPlan(frames), {}, {}  # held: slot -> frame index, as a ring would
+    for i in range(n):
+        before, slot, after = plan.push(i in cuts)
+        for w in before:
+            got[w.index] = [held[s] for s in w.slots]
+        held[slot] = i
+        for w in after:
+            got[w.index] = [held[s] for s in w.slots]
+    for w in plan.end():
+        got[w.index] = [held[s] for s in w.slots]
+    assert [got[i] for i in range(n)] == _hand_windows(n, frames, cuts)

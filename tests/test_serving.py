@@ -1,6 +1,8 @@
 """d3d serve and the triton backend, on loopback: a real tritonserver (the nvidia-pytriton wheel's, unpacked
 by ``make setup``) serving a tiny random-init checkpoint on 32x32 frames. The shared server runs the
 repository ``d3d serve --write-only --platform python`` writes; ``d3d serve`` itself runs in the resume test.
+The repositories written for a production Triton are checked in test_serving_repositories.py, the window
+plan both sides follow in test_scenes.py.
 
 References: the local ONNX Runtime runner (same model, same thread count) through the local pipeline's
 network stage; outputs must be equal bit for bit. Ports are the kernel's free ones; readiness and freed
@@ -22,7 +24,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import write_frames
+from conftest import serve_extra, write_frames
 
 from d3d.cli import main as cli
 from d3d.errors import SDKMissing
@@ -42,12 +44,7 @@ def _server_or_skip():
         pytest.skip(str(exc))
 
 
-try:
-    import tritonclient.grpc as grpcclient
-except ImportError:  # pragma: no cover - the serve extra is part of make setup
-    if os.environ.get("CI") == "true":
-        raise
-    pytest.skip("tritonclient is not installed (the serve extra)", allow_module_level=True)
+grpcclient = serve_extra("tritonclient.grpc")
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -175,40 +172,6 @@ def _remote(url: str):
 
     backend = get_backend("triton")
     return create_runner(backend, ModelSource("random"), backend.options(url=url))
-
-
-# --- The window plan both sides follow -------------------------------------------------------------
-
-
-def _hand_windows(n: int, frames: int, cuts: set[int]) -> list[list[int]]:
-    """Frame indices of every window, written out from the rule: clamp to the shot that holds the frame."""
-    starts = [0, *sorted(c for c in cuts if 0 < c < n)]
-    out = []
-    for i in range(n):
-        first = max(s for s in starts if s <= i)
-        last = min([s - 1 for s in starts if s > i] or [n - 1])
-        out.append([min(max(j, first), last) for j in range(i - frames // 2, i + frames // 2 + 1)])
-    return out
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_window_plan_matches_the_clamping_rule(seed):
-    from d3d.runtime.scenes import WindowPlan
-
-    rng = np.random.default_rng(seed)
-    n, frames = int(rng.integers(1, 20)), int(rng.choice([1, 3, 5, 7]))
-    cuts = set(rng.choice(np.arange(1, n + 1), size=min(n, int(rng.integers(0, 5))), replace=False).tolist())
-    plan, held, got = WindowPlan(frames), {}, {}  # held: slot -> frame index, as a ring would
-    for i in range(n):
-        before, slot, after = plan.push(i in cuts)
-        for w in before:
-            got[w.index] = [held[s] for s in w.slots]
-        held[slot] = i
-        for w in after:
-            got[w.index] = [held[s] for s in w.slots]
-    for w in plan.end():
-        got[w.index] = [held[s] for s in w.slots]
-    assert [got[i] for i in range(n)] == _hand_windows(n, frames, cuts)
 
 
 # --- Streams against the server ---------------------------------------------------------------------
@@ -457,80 +420,3 @@ def test_triton_backend_options_are_checked(capsys):
 
     # d3d eval and d3d serve's own --backend run the model in-process: the remote backend is not theirs.
     assert "triton" in backend_names() and "triton" not in backend_names(local=True)
-
-
-# --- Repositories for a production Triton --------------------------------------------------------------
-
-
-def _parse_config(path):
-    """config.pbtxt parsed against Triton's model-config schema (tritonclient's protobuf): an unknown
-    field, a wrong type or an unknown enum value is an error."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
-
-
-def _fake_engine(tmp_path):
-    """Stand-ins: no TensorRT here, so the plan and the plugin are placeholder bytes (the repository is
-    checked, not run); the sidecar is what d3d build writes."""
-    engine = tmp_path / "model.plan"
-    engine.write_bytes(b"not a real plan")
-    config = {"scale": 4, "in_channels": 1, "out_channels": 1, "frames": 7, "nf": 8, "d3d_blocks": 1, "res_blocks": 1}
-    (tmp_path / "model.plan.json").write_text(
-        json.dumps({"tensorrt_version": "10.16.0", "precision": "fp16", "model_config": config})
-    )
-    plugin = tmp_path / "libd3d_trt_plugin.so"
-    plugin.write_bytes(b"\x7fELF placeholder")
-    return engine, plugin
-
-
-@pytest.mark.parametrize("platform", ["python", "onnxruntime", "tensorrt"])
-def test_write_only_repositories_follow_tritons_schema(platform, tiny_checkpoint, tmp_path, capsys):
-    from d3d.runtime.serving import MODEL_NAME, WINDOW_MODEL
-
-    out = tmp_path / "repo"
-    if platform == "tensorrt":
-        engine, plugin = _fake_engine(tmp_path)
-        model = ["--engine", str(engine), "--plugin", str(plugin)]
-    else:
-        model = ["--checkpoint", str(tiny_checkpoint)]
-    assert cli(["serve", "--write-only", str(out), "--platform", platform, *model]) == 0
-    front = _parse_config(out / MODEL_NAME / "config.pbtxt")
-    assert front.backend == "python" and front.max_batch_size == 0
-    sb = front.sequence_batching
-    assert sb.HasField("oldest") and sb.max_sequence_idle_microseconds == 600_000_000
-    from tritonclient.grpc import model_config_pb2
-
-    kind = model_config_pb2.ModelSequenceBatching.Control.Kind.Name
-    kinds = {c.name: kind(c.control[0].kind) for c in sb.control_input}
-    assert kinds == {
-        "START": "CONTROL_SEQUENCE_START",
-        "END": "CONTROL_SEQUENCE_END",
-        "CORRID": "CONTROL_SEQUENCE_CORRID",
-    }
-    assert [i.name for i in front.input] == ["FRAME", "INDEX", "CUT", "FIRST_OUTPUT"]
-    settings = json.loads(front.parameters["d3d_model"].string_value)
-    assert (out / MODEL_NAME / "1" / "model.py").is_file()
-    readme = (out / "README.md").read_text()
-    assert "tritonserver --model-repository=/models" in readme
-    if platform == "python":
-        assert settings["backend"] == "onnxruntime" and (out / MODEL_NAME / "1" / "model.onnx").is_file()
-        assert (out / MODEL_NAME / settings["ort_ops"]).is_file()
-        assert not (out / WINDOW_MODEL).exists()
-        return
-    assert settings["backend"] == "window-model" and settings["window_model"] == WINDOW_MODEL
-    window = _parse_config(out / WINDOW_MODEL / "config.pbtxt")
-    assert [i.name for i in window.input] == ["lr"] and list(window.input[0].dims) == [1, 1, 7, -1, -1]
-    if platform == "onnxruntime":
-        assert window.platform == "onnxruntime_onnx"
-        assert list(window.model_operations.op_library_filename) == ["/models/d3dnet_window/libd3d_ort_ops.so"]
-        assert (out / WINDOW_MODEL / "1" / "model.onnx").is_file() and (
-            out / WINDOW_MODEL / "libd3d_ort_ops.so"
-        ).is_file()
-    else:
-        assert window.platform == "tensorrt_plan" and window.default_model_filename == "model.plan"
-        assert (out / WINDOW_MODEL / "1" / "model.plan").read_bytes() == b"not a real plan"
-        assert (out / WINDOW_MODEL / "1" / "model.plan.json").is_file() and "10.16.0" in readme
-        assert "--backend-config=tensorrt,plugins=/models/plugins/libd3d_trt_plugin.so" in readme
-        assert (out / "plugins" / "libd3d_trt_plugin.so").is_file()

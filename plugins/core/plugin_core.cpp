@@ -114,7 +114,7 @@ SerializedFields::SerializedFields(const DeformConv3dAttrs& a) : dims_(a.deform_
 }
 
 AxisExpr output_axis_expr(const DeformConv3dAttrs& a, int axis, int64_t kernel) {
-  return {2 * a.pad[axis] - a.dil[axis] * (kernel - 1) - 1, a.stride[axis]};
+  return {conv_out_add(a.pad[axis], a.dil[axis], kernel), a.stride[axis]};
 }
 
 bool operator==(const TensorDims& a, const TensorDims& b) {

@@ -10,14 +10,16 @@
 #include <vector>
 
 #include "deform_conv3d_attrs.h"
+#include "deform_conv3d_contract.h"
 #include "deform_conv3d_shape.h"
 
 namespace d3d {
 namespace plugin {
 
-constexpr const char* kName = "DeformConv3d";
-constexpr const char* kVersion = "1";
-constexpr const char* kNamespace = "d3d";
+// TensorRT's names for the plugin: the ONNX node's (deform_conv3d_contract.h), so its parser finds it.
+constexpr const char* kName = kOpType;
+constexpr const char* kVersion = kPluginVersion;
+constexpr const char* kNamespace = kDomain;
 
 // Mirrors the subset of nvinfer1::PluginFieldType the plugin accepts; kOther covers all others.
 enum class FieldType { kInt32, kInt64, kChar, kOther };
@@ -99,11 +101,8 @@ class ShapeState {
 enum class DType { kFloat32, kFloat16, kBFloat16 };
 size_t element_size(DType t);
 
-// Column-buffer cap for the plugin's im2col (elements): 64 Mi, i.e. 256 MB in fp32.
-constexpr int64_t kMaxColElems = int64_t(1) << 26;
-
-// Workspace needed for a problem; monotone in every input extent, so the size computed for a
-// profile's maximum shape covers every shape in the profile.
+// Workspace needed for a problem (its im2col chunked to kMaxColElems); monotone in every input extent,
+// so the size computed for a profile's maximum shape covers every shape in the profile.
 size_t workspace_bytes(const DeformConv3dShape& s, DType t);
 
 // Launches the forward pass (shared CUDA kernels) on `stream`. inputs: X, offset, W and optional

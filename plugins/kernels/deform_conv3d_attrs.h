@@ -7,20 +7,21 @@
 #include <cstdint>
 #include <string>
 
+#include "deform_conv3d_contract.h"
 #include "deform_conv3d_shape.h"
 
 namespace d3d {
 
-// Guards against overflow in index arithmetic; far beyond any real video model.
-constexpr int64_t kMaxAttr = int64_t(1) << 20;
+static_assert(kMaxAttr == int64_t(1) << 20, "the messages below (and export/validate.py's) say 2^20");
 
+// A node's attributes; members left unset hold the contract's defaults (deform_conv3d_contract.h).
 struct DeformConv3dAttrs {
-  int64_t stride[3] = {1, 1, 1};
-  int64_t pad[3] = {0, 0, 0};
-  int64_t dil[3] = {1, 1, 1};
-  int64_t group = 1;
-  int64_t offset_group = 1;
-  std::string deform_dims = "THW";
+  int64_t stride[3] = {kDefaultStride, kDefaultStride, kDefaultStride};
+  int64_t pad[3] = {kDefaultPad, kDefaultPad, kDefaultPad};
+  int64_t dil[3] = {kDefaultDilation, kDefaultDilation, kDefaultDilation};
+  int64_t group = kDefaultGroup;
+  int64_t offset_group = kDefaultOffsetGroup;
+  std::string deform_dims = kDefaultDeformDims;
 };
 
 // Parses an ordered, non-empty subset of "THW" into per-axis slots.
@@ -65,11 +66,6 @@ inline std::string validate_attrs(const DeformConv3dAttrs& a) {
   int slot[3];
   int nd = 0;
   return parse_deform_dims(a.deform_dims, slot, &nd);
-}
-
-// Output extent of one axis; may be <= 0 for inputs too small for the kernel (callers check).
-D3D_HD int64_t conv_out_size(int64_t in, int64_t pad, int64_t dil, int64_t k, int64_t stride) {
-  return (in + 2 * pad - dil * (k - 1) - 1) / stride + 1;
 }
 
 // Builds the problem description from attributes, input dims [N,C,T,H,W] and weight dims

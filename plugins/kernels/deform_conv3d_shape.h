@@ -4,11 +4,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define D3D_HD __host__ __device__ __forceinline__
-#else
-#define D3D_HD inline
-#endif
+#include "deform_conv3d_contract.h"  // D3D_HD
 
 namespace d3d {
 

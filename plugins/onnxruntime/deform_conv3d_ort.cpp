@@ -122,7 +122,8 @@ std::string read_attrs(const OrtKernelInfo* info, DeformConv3dAttrs* a) {
   // The TensorRT parser's routing fields: where present they must name this op's version and namespace.
   std::string v;
   if (!(err = read_string(info, "plugin_version", &v, &found)).empty()) return err;
-  if (found && v != "1") return "plugin_version must be \"1\", got \"" + v + "\"";
+  if (found && v != kPluginVersion)
+    return std::string("plugin_version must be \"") + kPluginVersion + "\", got \"" + v + "\"";
   if (!(err = read_string(info, "plugin_namespace", &v, &found)).empty()) return err;
   if (found && v != kDomain) return std::string("plugin_namespace must be \"") + kDomain + "\", got \"" + v + "\"";
   return validate_attrs(*a);
@@ -389,7 +390,7 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL Regist
   static std::mutex mu;
   std::lock_guard<std::mutex> lock(mu);
   OrtCustomOpDomain* domain = nullptr;
-  if (OrtStatus* st = api->CreateCustomOpDomain(kDomain, &domain)) return st;
+  if (OrtStatus* st = api->CreateCustomOpDomain(d3d::kDomain, &domain)) return st;
   if (OrtStatus* st = api->CustomOpDomain_Add(domain, &cpu_op)) return st;
   if (kHalfIO) {
     if (OrtStatus* st = api->CustomOpDomain_Add(domain, &cpu_half_op)) return st;

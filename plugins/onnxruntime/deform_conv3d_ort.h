@@ -7,14 +7,12 @@
 #include <vector>
 
 #include "deform_conv3d_attrs.h"
+#include "deform_conv3d_contract.h"  // kDomain, kOpType
 #include "deform_conv3d_shape.h"
 #include "onnxruntime_c_api.h"
 
 namespace d3d {
 namespace ort {
-
-constexpr const char* kDomain = "d3d";
-constexpr const char* kOpType = "DeformConv3d";
 
 // The validated inputs of one KernelCompute: the problem and the tensor pointers (bias may be null).
 struct Problem {

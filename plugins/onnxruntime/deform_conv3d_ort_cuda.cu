@@ -4,14 +4,12 @@
 
 #include <string>
 
+#include "deform_conv3d_contract.h"
 #include "deform_conv3d_cuda.cuh"
 #include "deform_conv3d_ort.h"
 
 namespace d3d {
 namespace ort {
-
-// Column-buffer cap (elements) of the CUDA forward: 64 Mi, as in the TensorRT plugin.
-constexpr int64_t kMaxColElemsCuda = int64_t(1) << 26;
 
 namespace {
 
@@ -29,7 +27,7 @@ OrtStatus* compute_cuda(const OrtApi* api, OrtKernelContext* ctx, const Problem&
   if (OrtStatus* st = api->KernelContext_GetGPUComputeStream(ctx, &stream_ptr)) return st;
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const DeformConv3dShape& s = p.shape;
-  const size_t ws_bytes = sizeof(float) * static_cast<size_t>(s.col_rows() * col_chunk(s, kMaxColElemsCuda));
+  const size_t ws_bytes = sizeof(float) * static_cast<size_t>(s.col_rows() * col_chunk(s, kMaxColElems));
 
   const OrtValue* x = nullptr;
   if (OrtStatus* st = api->KernelContext_GetInput(ctx, 0, &x)) return st;
@@ -44,8 +42,8 @@ OrtStatus* compute_cuda(const OrtApi* api, OrtKernelContext* ctx, const Problem&
                                           std::to_string(ws_bytes) + " bytes for the column buffer")
                                              .c_str());
   } else {
-    const cudaError_t e = cuda::forward<float>(s, p.x, p.offset, p.weight, p.bias, p.y, static_cast<float*>(ws),
-                                               kMaxColElemsCuda, stream);
+    const cudaError_t e =
+        cuda::forward<float>(s, p.x, p.offset, p.weight, p.bias, p.y, static_cast<float*>(ws), kMaxColElems, stream);
     allocator->Free(allocator, ws);
     if (e != cudaSuccess) status = cuda_error(api, e);
   }

@@ -127,6 +127,28 @@ void test_attribute_validation() {
   CHECK(!d3d::make_shape(a, in, w_big, -1, &s).empty(), "kernel larger than input accepted");
   const int64_t w_cin[5] = {6, 2, 3, 3, 3};
   CHECK(!d3d::make_shape(a, in, w_cin, -1, &s).empty(), "weight C/group mismatch accepted");
+  // A padded input one step shorter than the dilated kernel has no output position, also at stride 2
+  // (truncating division used to make that one position).
+  a = d3d::DeformConv3dAttrs();
+  a.stride[0] = 2;
+  const int64_t in_short[5] = {1, 4, 2, 6, 7};
+  CHECK(!d3d::make_shape(a, in_short, w_ok, -1, &s).empty(), "T=2 with kT=3 at stride 2 accepted");
+}
+
+// conv_out_size against the rule written with floating-point floor (the spec's floordiv), over every
+// small combination, including spans that are negative.
+void test_output_size_is_floor_division() {
+  for (int64_t in = 1; in <= 7; ++in)
+    for (int64_t k = 1; k <= 4; ++k)
+      for (int64_t pad = 0; pad <= 2; ++pad)
+        for (int64_t dil = 1; dil <= 3; ++dil)
+          for (int64_t stride = 1; stride <= 3; ++stride) {
+            const double span = double(in + 2 * pad - dil * (k - 1) - 1);
+            const int64_t want = int64_t(std::floor(span / double(stride))) + 1;
+            const int64_t got = d3d::conv_out_size(in, pad, dil, k, stride);
+            CHECK(got == want, "in %lld k %lld pad %lld dil %lld stride %lld: %lld, expected %lld", (long long)in,
+                  (long long)k, (long long)pad, (long long)dil, (long long)stride, (long long)got, (long long)want);
+          }
 }
 
 // Direct (non-deformable) convolution with groups, stride, dilation, padding, written without im2col.
@@ -415,6 +437,7 @@ int main(int argc, char** argv) {
   test_coord_grad_matches_finite_differences();
   test_scatter_is_adjoint_of_sample();
   test_attribute_validation();
+  test_output_size_is_floor_division();
   test_forward_against_direct_conv();
   test_fused_forward_against_reference_forward();
   test_own_fp32_gemm_against_reference_forward(d3d::cpu::CpuIsa::avx2);

@@ -127,8 +127,7 @@ void test_output_expr_and_workspace() {
       for (auto t : {d3d::plugin::DType::kFloat32, d3d::plugin::DType::kFloat16}) {
         CHECK(d3d::plugin::workspace_bytes(big, t) >= d3d::plugin::workspace_bytes(s, t), "workspace not monotone");
         const size_t elems = d3d::plugin::workspace_bytes(s, t) / d3d::plugin::element_size(t);
-        CHECK(elems >= size_t(s.col_rows()) &&
-                  elems <= size_t(std::max<int64_t>(d3d::plugin::kMaxColElems, s.col_rows())),
+        CHECK(elems >= size_t(s.col_rows()) && elems <= size_t(std::max<int64_t>(d3d::kMaxColElems, s.col_rows())),
               "workspace size out of range");
       }
     }
@@ -273,7 +272,7 @@ void test_launch_limits() {
     const std::string err = d3d::make_shape(a, c.in, c.w, -1, &s);
     CHECK(err.empty(), "%s", err.c_str());
     if (!err.empty()) continue;
-    const int64_t L = s.out_spatial(), chunk = d3d::col_chunk(s, d3d::plugin::kMaxColElems);
+    const int64_t L = s.out_spatial(), chunk = d3d::col_chunk(s, d3d::kMaxColElems);
     for (const int64_t lc : {int64_t(1), chunk < L ? chunk : L}) {
       for (const auto& g : {d3d::launch::im2col_grid(s, lc), d3d::launch::gemm_grid(s, lc)}) {
         CHECK(g.x >= 1 && g.x <= d3d::launch::kMaxGridX && g.y >= 1 && g.y <= d3d::launch::kMaxGridYZ && g.z >= 1 &&

@@ -16,6 +16,7 @@
 #include <type_traits>
 
 #include "deform_conv3d_attrs.h"
+#include "deform_conv3d_contract.h"
 #include "deform_conv3d_cpu.h"
 #include "deform_conv3d_cpu_forward.h"
 #include "deform_conv3d_op.h"
@@ -24,10 +25,6 @@
 namespace d3d {
 namespace torch_op {
 namespace {
-
-// Column buffer cap (elements) of the CUDA forward and of the backward: 64 Mi keeps a 64-channel
-// 3x3x3 layer's buffer at ~256 MB in fp32 instead of the seed's 2.8 GB for a 720p clip.
-constexpr int64_t kMaxColElems = int64_t(1) << 26;
 
 struct AtenFor {
   int64_t grain;

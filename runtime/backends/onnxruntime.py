@@ -151,9 +151,10 @@ def flavour_name(proto) -> str:
     """How the runner names a model's flavour: the exporter's ``d3d.flavour`` metadata (custom op,
     gridsample, deformconv), else (a file from elsewhere) custom op or standard ops by its nodes."""
     from d3d.export.exporter import META_FLAVOUR
+    from d3d.export.schema import DOMAIN
 
     recorded = {p.key: p.value for p in proto.metadata_props}.get(META_FLAVOUR)
-    if recorded == "custom" or any(n.domain == "d3d" for n in proto.graph.node):
+    if recorded == "custom" or any(n.domain == DOMAIN for n in proto.graph.node):
         return "custom op"
     if recorded in ("gridsample", "deformconv"):
         return recorded
