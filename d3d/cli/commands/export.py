@@ -125,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
         proto = export_onnx(model, args.output, options, checkpoint_sha256=sha)
     except OSError as exc:
         raise D3DError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
-    custom = sum(1 for n in proto.graph.node if n.domain == "d3d")
+    from d3d._plugins.contract import DOMAIN
+
+    custom = sum(1 for n in proto.graph.node if n.domain == DOMAIN)
     deformconv = sum(1 for n in proto.graph.node if n.domain in ("", "ai.onnx") and n.op_type == "DeformConv")
     described = {
         "custom": f"custom op ({custom} DeformConv3d nodes)",
