@@ -224,6 +224,7 @@ bool ShapeState::matches(const TensorDims* inputs, int32_t nb_inputs, const Tens
 size_t element_size(DType t) { return t == DType::kFloat32 ? 4 : 2; }
 
 size_t workspace_bytes(const DeformConv3dShape& s, DType t) {
+  if (t != DType::kFloat32) return 0;  // fp16/bf16 take the fused kernel: no column buffer (cuda::kFusedForward)
   return static_cast<size_t>(s.col_rows()) * static_cast<size_t>(col_chunk(s, kMaxColElems)) * element_size(t);
 }
 

@@ -124,11 +124,14 @@ void test_output_expr_and_workspace() {
     int64_t big_in[5] = {in[0], in[1], in[2] + randint(0, 3), in[3] + randint(0, 50), in[4] + randint(0, 50)};
     d3d::DeformConv3dShape big;
     if (d3d::make_shape(a, big_in, w, -1, &big).empty()) {
-      for (auto t : {d3d::plugin::DType::kFloat32, d3d::plugin::DType::kFloat16}) {
-        CHECK(d3d::plugin::workspace_bytes(big, t) >= d3d::plugin::workspace_bytes(s, t), "workspace not monotone");
-        const size_t elems = d3d::plugin::workspace_bytes(s, t) / d3d::plugin::element_size(t);
-        CHECK(elems >= size_t(s.col_rows()) && elems <= size_t(std::max<int64_t>(d3d::kMaxColElems, s.col_rows())),
-              "workspace size out of range");
+      const auto f32 = d3d::plugin::DType::kFloat32;
+      CHECK(d3d::plugin::workspace_bytes(big, f32) >= d3d::plugin::workspace_bytes(s, f32), "workspace not monotone");
+      const size_t elems = d3d::plugin::workspace_bytes(s, f32) / d3d::plugin::element_size(f32);
+      CHECK(elems >= size_t(s.col_rows()) && elems <= size_t(std::max<int64_t>(d3d::kMaxColElems, s.col_rows())),
+            "workspace size out of range");
+      // fp16/bf16 run the fused kernel, which uses no workspace.
+      for (auto t : {d3d::plugin::DType::kFloat16, d3d::plugin::DType::kBFloat16}) {
+        CHECK(d3d::plugin::workspace_bytes(s, t) == 0, "a 16-bit workspace");
       }
     }
   }

@@ -365,10 +365,15 @@ void test_capabilities_and_build_phase() {
   CHECK(b->configurePlugin(in_desc.data(), 4, out_desc.data(), 1) == 0, "configurePlugin: %s",
         g_finder.logger.take().c_str());
   const size_t ws = b->getWorkspaceSize(in_desc.data(), 4, out_desc.data(), 1);
-  // The column buffer: C*K rows, min(2^26 / rows, L) columns at the profile's maximum, 2 bytes each.
+  // fp16: the fused kernel needs no column buffer, so no workspace.
+  CHECK(ws == 0, "fp16 workspace %zu, want 0", ws);
+  // fp32: the column buffer, C*K rows, min(2^26 / rows, L) columns at the profile's maximum, 4 bytes each.
+  std::vector<DynamicPluginTensorDesc> in_f32 = dyn(lo_d, hi_d, DataType::kFLOAT);
+  std::vector<DynamicPluginTensorDesc> out_f32 = dyn({lo.output()}, {hi.output()}, DataType::kFLOAT);
   const int64_t rows = p.c * 27, L = hi.out(0) * hi.out(1) * hi.out(2);
-  const size_t want_ws = size_t(rows) * size_t(std::min<int64_t>((int64_t(1) << 26) / rows, L)) * 2;
-  CHECK(ws == want_ws, "workspace %zu, want %zu", ws, want_ws);
+  const size_t want_ws = size_t(rows) * size_t(std::min<int64_t>((int64_t(1) << 26) / rows, L)) * 4;
+  const size_t ws32 = b->getWorkspaceSize(in_f32.data(), 4, out_f32.data(), 1);
+  CHECK(ws32 == want_ws, "fp32 workspace %zu, want %zu", ws32, want_ws);
   // A profile whose offset does not fit X is refused, naming the offset.
   std::vector<Dims> bad = hi_d;
   bad[1].d[3] += 1;

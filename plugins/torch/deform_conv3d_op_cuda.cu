@@ -33,7 +33,10 @@ struct KernelType<c10::BFloat16> {
 
 void forward_cuda(const DeformConv3dShape& s, const at::Tensor& x, const at::Tensor& offset, const at::Tensor& weight,
                   const at::Tensor& bias, int64_t max_col_elems, const at::Tensor& out) {
-  const at::Tensor workspace = at::empty({s.col_rows() * col_chunk(s, max_col_elems)}, x.options());
+  // fp16/bf16 take the fused kernel, which needs no column buffer (cuda::kFusedForward).
+  const bool fused = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
+  const at::Tensor workspace =
+      at::empty({fused ? int64_t(0) : s.col_rows() * col_chunk(s, max_col_elems)}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "d3d_forward_cuda", [&] {
     using k_t = typename KernelType<scalar_t>::type;
     const auto in = [](const at::Tensor& t) { return reinterpret_cast<const k_t*>(t.const_data_ptr<scalar_t>()); };
