@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from timing import cpu_description
 
 FLAVOURS = {
     "custom": "d3d::DeformConv3d node, our op library",
@@ -91,17 +92,6 @@ def _export(folder: Path, model) -> dict[str, Path]:
         print(f"exported {flavour} (opset {opset}, {path.stat().st_size / 2**20:.1f} MB)", file=sys.stderr)
         paths[flavour] = path
     return paths
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-        name = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name"))
-        isa = "AVX-512" if " avx512f" in text else "AVX2" if " avx2" in text else "no AVX2"
-        return f"{name}, {isa}"
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 class _Worker:
@@ -196,7 +186,7 @@ def main() -> None:
         }
     base = results["custom"]
     version = workers["custom"].info["onnxruntime"]
-    print(f"{_cpu()}, {os.cpu_count()} CPUs, {args.threads} threads, onnxruntime {version}")
+    print(f"{cpu_description()}, {os.cpu_count()} CPUs, {args.threads} threads, onnxruntime {version}")
     print(f"model: {source}; LR {h}x{w} x 7 frames -> HR {4 * h}x{4 * w}; {args.repeats} rounds, {args.warmup} warm-up")
     print(f"before: {uptime_before}\nafter:  {uptime_after}")
     head = (
@@ -219,7 +209,7 @@ def main() -> None:
             "threads": args.threads,
             "repeats": args.repeats,
             "model": source,
-            "cpu": _cpu(),
+            "cpu": cpu_description(),
             "uptime": [uptime_before, uptime_after],
             "results": results,
             "times": times,

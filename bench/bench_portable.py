@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from timing import cpu_description
 
 FORMS = {"before": "5-D GridSample per layer (opset 20)", "after": "4-D GridSample per kernel time index (opset 18)"}
 
@@ -86,14 +87,6 @@ def _export(folder: Path) -> dict[str, Path]:
     return paths
 
 
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="68x160", help="LR frame HxW (default 68x160: 272x640 out)")
@@ -143,7 +136,8 @@ def main() -> None:
 
         outputs = [np.load(Path(tmp) / f"{name}.npy") for name in FORMS]
         max_diff = float(np.abs(outputs[0] - outputs[1]).max())
-    print(f"{_cpu()}, {os.cpu_count()} CPUs, {args.threads} threads, onnxruntime {results['after']['onnxruntime']}")
+    ort_version = results["after"]["onnxruntime"]
+    print(f"{cpu_description()}, {os.cpu_count()} CPUs, {args.threads} threads, onnxruntime {ort_version}")
     arena = "without" if args.no_arena else "with"
     print(
         f"LR {h}x{w} -> HR {4 * h}x{4 * w}, {args.iterations} timed windows after {args.warmup} warm-up, {arena} arena"
@@ -167,7 +161,7 @@ def main() -> None:
             "size": [h, w],
             "threads": args.threads,
             "arena": not args.no_arena,
-            "cpu": _cpu(),
+            "cpu": cpu_description(),
             "max_abs_diff": max_diff,
             "results": results,
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -18,3 +19,15 @@ def median_times(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     return statistics.median(wall), statistics.median(cpu)
+
+
+def cpu_description() -> str:
+    """The CPU's model name and widest x86 vector ISA (``AVX-512``, ``AVX2``, ``no AVX2``), for a report."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        name = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name"))
+        isa = "AVX-512" if " avx512f" in text else "AVX2" if " avx2" in text else "no AVX2"
+        return f"{name}, {isa}"
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()

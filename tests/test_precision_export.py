@@ -36,6 +36,20 @@ def _types(proto: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
+def _assert_typed_like_neighbours(proto: onnx.ModelProto, elem: int) -> None:
+    """Every DeformConv3d input and output, and every Conv weight, in ``elem``; fp32 at the model's edges
+    (the input cast where it enters, the output cast back)."""
+    types = _types(proto)
+    nodes = [n for n in proto.graph.node if n.op_type == "DeformConv3d"]
+    assert len(nodes) >= 2
+    for n in nodes:
+        assert all(types[t] == elem for t in [*n.input, *n.output] if t), n.name
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert convs and all(types[n.input[1]] == elem for n in convs)  # weights in the graph's type
+    assert proto.graph.input[0].type.tensor_type.elem_type == F32
+    assert proto.graph.output[0].type.tensor_type.elem_type == F32
+
+
 @pytest.fixture(scope="module")
 def fp16_custom(tiny_onnx, tmp_path_factory) -> Path:
     """The session's tiny custom-op export, converted to fp16 (fp32 I/O)."""
@@ -48,16 +62,7 @@ def test_fp16_export_types_every_deformconv3d_like_its_neighbours(fp16_custom):
     proto = onnx.load(fp16_custom)
     assert graph_precision(proto) == "fp16"
     assert {p.key: p.value for p in proto.metadata_props}["d3d.precision"] == "fp16"
-    types = _types(proto)
-    nodes = [n for n in proto.graph.node if n.op_type == "DeformConv3d"]
-    assert len(nodes) >= 2
-    for n in nodes:
-        assert all(types[t] == F16 for t in [*n.input, *n.output] if t), n.name
-    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
-    assert convs and all(types[n.input[1]] == F16 for n in convs)  # weights in fp16
-    # fp32 at the edges: the input is cast to fp16 where it enters, the output back to fp32.
-    assert proto.graph.input[0].type.tensor_type.elem_type == F32
-    assert proto.graph.output[0].type.tensor_type.elem_type == F32
+    _assert_typed_like_neighbours(proto, F16)
 
 
 def test_fp16_io_precision(tiny_onnx):
@@ -208,15 +213,7 @@ def test_bf16_export_types_every_deformconv3d_like_its_neighbours(bf16_custom):
     assert graph_precision(proto) == "bf16" and props["d3d.precision"] == "bf16"
     assert props["d3d.flavour"] == "custom" and model_config(proto)["nf"] == 8  # the exporter's metadata kept
     assert next(o.version for o in proto.opset_import if o.domain == "") == 22  # ONNX's bf16 ops
-    types = _types(proto)
-    nodes = [n for n in proto.graph.node if n.op_type == "DeformConv3d"]
-    assert len(nodes) >= 2
-    for n in nodes:
-        assert all(types[t] == BF16 for t in [*n.input, *n.output] if t), n.name
-    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
-    assert convs and all(types[n.input[1]] == BF16 for n in convs)  # weights in bf16
-    assert proto.graph.input[0].type.tensor_type.elem_type == F32
-    assert proto.graph.output[0].type.tensor_type.elem_type == F32
+    _assert_typed_like_neighbours(proto, BF16)
     # Every recorded alias still names an initializer, so the PyTorch model rebuilds from the file,
     # its weights those of the model rounded to bf16.
     names = {i.name for i in proto.graph.initializer}
