@@ -101,7 +101,9 @@ def deform_conv3d_reference(
         flat = (idx[0].clamp(0, t - 1) * h + idx[1].clamp(0, h - 1)) * w + idx[2].clamp(0, w - 1)
         flat = flat.reshape(n, offset_groups, 1, -1).expand(-1, -1, cpg, -1)
         scale = (weight_c * ok).reshape(n, offset_groups, 1, -1)
-        sampled = sampled + volume.gather(3, flat) * scale
+        # a corner without weight adds nothing, not 0 * a non-finite pixel (docs/deform_conv3d_spec.md)
+        contribution = volume.gather(3, flat) * scale
+        sampled = sampled + torch.where(scale != 0, contribution, torch.zeros_like(contribution))
 
     cols = sampled.reshape(n, groups, (c // groups) * k, -1)  # channel-major, then tap, then position
     wmat = weight.to(cdtype).reshape(groups, o // groups, cg * k)

@@ -119,7 +119,10 @@ template <typename acc_t, bool kGrad, typename scalar_t>
 D3D_HD acc_t gather(const Corners<acc_t, kGrad>& p, const scalar_t* vol) {
   acc_t r = acc_t(0);
   if (!p.inside) return r;
-  for (int n = 0; n < 8; ++n) r += p.w[n] * to_acc<acc_t>(vol[p.idx[n]]);
+  // A corner without weight adds nothing (not 0 * its value: an Inf or NaN pixel there, or the stand-in
+  // index 0 of a corner outside, would make the sample NaN).
+  for (int n = 0; n < 8; ++n)
+    if (p.w[n] != acc_t(0)) r += p.w[n] * to_acc<acc_t>(vol[p.idx[n]]);
   return r;
 }
 
@@ -154,6 +157,7 @@ D3D_HD void gather_channels(const Corners<acc_t, kGrad>& p, const scalar_t* vol_
   if (!p.inside) return;
   for (int q = 0; q < 8; ++q) {
     const acc_t wq = p.w[q];
+    if (wq == acc_t(0)) continue;  // as in gather
     const scalar_t* src = vol_cl + p.idx[q] * ldc;
     for (int64_t c = 0; c < n; ++c) acc[c] += wq * to_acc<acc_t>(src[c]);
   }
