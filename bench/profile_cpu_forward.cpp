@@ -105,14 +105,23 @@ int main(int argc, char** argv) {
     d3d::cpu::forward_fused(s, x.data(), off.data(), w.data(), b.data(), y.data(), scratch.data(), par, gemm, tile,
                             host_gemm);
   };
-  // The GEMMs of every tile on a fixed column block (no sampling).
+  // The GEMMs of every tile on a fixed column block (no sampling): the own GEMM in the forward's chunks
+  // of taps, OpenBLAS over all of them.
+  const int64_t crows = d3d::cpu::chunk_taps(s.taps(), s.c, d3d::cpu::kChunkRows) * s.c;
+  const d3d::cpu::CpuIsa isa = d3d::cpu::cpu_isa();
   auto gemms = [&](bool own) {
     par(0, ntiles, [&](int64_t b0, int64_t e0) {
-      std::vector<float> col(tile * R, 0.5f);
+      std::vector<float> col(tile * R, 0.5f), acc(tile * s.o);
       for (int64_t t = b0; t < e0; ++t) {
         const int64_t nt = std::min(tile, L - t * tile);
-        if (!own || !d3d::cpu::gemm_tile_f32(nt, R, col.data(), R, w.data(), s.o, b.data(), y.data() + t * tile, L))
+        if (own && d3d::cpu::own_gemm_applies(s.o, isa)) {
+          for (int64_t r0 = 0; r0 < R; r0 += crows)
+            d3d::cpu::gemm_accumulate_f32(isa, nt, std::min(crows, R - r0), col.data(), crows, w.data() + r0 * s.o, s.o,
+                                          acc.data(), r0 > 0);
+          d3d::cpu::store_tile(acc.data(), nt, 1, s.o, b.data(), y.data() + t * tile, L);
+        } else {
           BlasGemm{}(s.o, nt, R, w.data(), R, col.data(), R, y.data() + t * tile, L);
+        }
       }
     });
   };

@@ -110,7 +110,7 @@ _FP32_LAYERS = [
 
 @pytest.mark.parametrize("o,groups,offset_groups,stride,dilation", _FP32_LAYERS)
 def test_fp32_at_d3dnet_channel_counts(cpu_path, gen, o, groups, offset_groups, stride, dilation):
-    """fp32 on each CPU path (the kernel's own AVX-512 / AVX2 GEMM and the AVX-512 sampler where they
+    """fp32 on each CPU path (the kernel's own AVX-512 / AVX2 GEMM and vector sampler where they
     apply, plugins/kernels/deform_conv3d_cpu_gemm.h; OpenBLAS on "generic") against the fp64
     reference."""
     c, size = 12, (3, 6, 29)  # 522 positions: several tiles, the last block of positions partial
@@ -125,6 +125,48 @@ def test_fp32_at_d3dnet_channel_counts(cpu_path, gen, o, groups, offset_groups, 
     want = deform_conv3d_reference(x, off, w, b, **kw)
     got = deform_conv3d(x.float(), off.float(), w.float(), b.float(), **kw)
     torch.testing.assert_close(got.double(), want, atol=3e-5, rtol=0)
+
+
+@pytest.mark.parametrize("c,groups", [(64, 1), (128, 2)])
+def test_fp32_taps_in_chunks_at_d3dnet_layer(cpu_path, gen, c, groups):
+    """64 input channels per group, as in D3Dnet: the own GEMM takes the 27 taps in chunks of 9
+    (kChunkRows, plugins/kernels/deform_conv3d_cpu_forward.h), accumulating between chunks; against
+    the fp64 reference on each CPU path."""
+    size, o = (3, 5, 13), 64
+    x = torch.randn(1, c, *size, generator=gen, dtype=torch.float64)
+    w = torch.randn(o, c // groups, 3, 3, 3, generator=gen, dtype=torch.float64) / 40.0
+    b = torch.randn(o, generator=gen, dtype=torch.float64)
+    off = _random_offsets((1, 2 * 27, *size), size, gen)
+    kw = dict(padding=1, groups=groups, deform_dims="HW")
+    x, w, b, off = (t.float().double() for t in (x, w, b, off))
+    want = deform_conv3d_reference(x, off, w, b, **kw)
+    got = deform_conv3d(x.float(), off.float(), w.float(), b.float(), **kw)
+    torch.testing.assert_close(got.double(), want, atol=3e-5, rtol=0)
+
+
+@pytest.mark.parametrize("c", [8, 6])
+def test_nonfinite_input_reaches_only_the_samples_that_interpolate_it(cpu_path, gen, c):
+    """Inf and NaN input pixels (one on the frame's border), a third of the offsets whole pixels: the op
+    on each CPU path is non-finite exactly where the fp64 reference is, and equal to it elsewhere. A
+    corner without weight adds nothing (docs/deform_conv3d_spec.md), so a pixel beside an integer
+    position, or clamped in for a corner outside the frame, does not turn into 0 * Inf = NaN."""
+    size = (3, 6, 7)
+    x = torch.randn(1, c, *size, generator=gen, dtype=torch.float64)
+    x[0, 0, 1, 0, 3] = float("inf")
+    x[0, c - 1, 2, 5, 6] = float("nan")
+    x[0, 1, 1, 3, 3] = float("-inf")
+    w = torch.randn(16, c, 3, 3, 3, generator=gen, dtype=torch.float64) / 20.0
+    b = torch.randn(16, generator=gen, dtype=torch.float64)
+    off = torch.randn(1, 2 * 27, *size, generator=gen, dtype=torch.float64)
+    whole = torch.rand(off.shape, generator=gen) < 0.3
+    off = torch.where(whole, off.round(), (off * 8).round() / 8)  # eighths: fp32 and fp64 positions agree
+    kw = dict(padding=1, deform_dims="HW")
+    want = deform_conv3d_reference(x, off, w, b, **kw)
+    got = deform_conv3d(x.float(), off.float(), w.float(), b.float(), **kw).double()
+    finite = torch.isfinite(want)
+    assert 0 < int((~finite).sum()) < want.numel()
+    assert torch.equal(torch.isfinite(got), finite)
+    torch.testing.assert_close(got[finite], want[finite], atol=3e-5, rtol=0)
 
 
 def test_unknown_cpu_path_is_refused(native):

@@ -8,8 +8,10 @@
 // positions are then cut into tiles of at most kTilePositions; each tile is one work item of the host's
 // parallel-for: its column block colT [nt, G, K, C/G] (one row per position, tap-major) is written into
 // a per-thread buffer that stays in cache, and the same thread multiplies it, per group, with the
-// weight packed to [G, O/G, K, C/G]: Y[:, l0:l0+nt] = Wp_g . colT_g^T. Scratch memory is bounded by
-// one input-sized copy plus one tile per thread, whatever the frame size.
+// weight packed to [G, O/G, K, C/G]: Y[:, l0:l0+nt] = Wp_g . colT_g^T. With the kernel's own fp32 GEMM
+// (AVX2, AVX-512) a tile is sampled and multiplied a chunk of taps at a time into the tile's
+// accumulators, so the chunk is still in L1/L2 when it is multiplied. Scratch memory is bounded by one
+// input-sized copy plus one tile per thread, whatever the frame size.
 #pragma once
 
 #include <algorithm>
@@ -46,6 +48,10 @@ namespace cpu {
 // Output positions per tile. 160 rows of 64 channels x 27 taps (1.1 MB in fp32) measured best on an
 // AVX-512 EPYC with both MKL and OpenBLAS (bench/bench_deform_conv3d.py --tile).
 constexpr int64_t kTilePositions = 160;
+// Column rows per chunk of taps for the own GEMM: D3Dnet's 64 channels give chunks of 9 taps (one time
+// slice of the 3x3x3 kernel). 192, 384, 576, 1152 and 1728 (no chunks) were compared at D3Dnet's layer
+// on AVX2 (2026-12-04, docs/PERFORMANCE.md); 576 was fastest, 5-6 % ahead of no chunks.
+constexpr int64_t kChunkRows = 576;
 
 // Elements of scratch the caller provides to forward_fused(): the channels-last input of one batch item
 // and the packed weight.
@@ -130,22 +136,36 @@ D3D_ALWAYS_INLINE void gather_row(const CornerList<scalar_t>& p, int64_t off, in
   }
 }
 
-// Column block of output positions l0 .. l0+nt-1 (nt <= kTilePositions) of one batch item:
-// colT[j, g, k, c'] = sample of channel g*C/G + c' at tap k for position l0 + j.
+// fn(j, t, h, w) for the output positions l0 .. l0+n-1 of a batch item, (t, h, w) walked without a
+// division per position (the samplers run this once per chunk of taps).
+template <typename Fn>
+D3D_ALWAYS_INLINE void for_positions(const DeformConv3dShape& s, int64_t l0, int64_t n, const Fn& fn) {
+  int64_t t = l0 / (s.out[1] * s.out[2]), h = (l0 / s.out[2]) % s.out[1], w = l0 % s.out[2];
+  for (int64_t j = 0; j < n; ++j) {
+    fn(j, t, h, w);
+    if (++w == s.out[2]) {
+      w = 0;
+      if (++h == s.out[1]) h = 0, ++t;
+    }
+  }
+}
+
+// Column block of output positions l0 .. l0+nt-1 (nt <= kTilePositions) and taps k0 .. k1-1 of one batch
+// item: colT[j, g, k - k0, c'] = sample of channel g*C/G + c' at tap k for position l0 + j (rows
+// C*(k1-k0) apart).
 template <typename scalar_t>
 D3D_ALWAYS_INLINE void sample_tile_impl(const DeformConv3dShape& s, const scalar_t* x_cl, const scalar_t* offset_n,
-                                        int64_t l0, int64_t nt, scalar_t* colT) {
+                                        int64_t l0, int64_t nt, int64_t k0, int64_t k1, scalar_t* colT) {
   using acc_t = typename AccType<scalar_t>::type;
-  const int64_t K = s.taps(), L = s.out_spatial(), R = s.col_rows();
+  const int64_t K = s.taps(), L = s.out_spatial(), Kc = k1 - k0, R = s.c * Kc;
   const int64_t cpg = s.c / s.group, cpo = s.c / s.offset_group;
   acc_t base[3][kTilePositions];  // undeformed sampling origin of each position, per axis
-  for (int64_t j = 0; j < nt; ++j) {
-    const int64_t l = l0 + j;
-    const int64_t o[3] = {l / (s.out[1] * s.out[2]), (l / s.out[2]) % s.out[1], l % s.out[2]};
+  for_positions(s, l0, nt, [&](int64_t j, int64_t ot, int64_t oh, int64_t ow) {
+    const int64_t o[3] = {ot, oh, ow};
     for (int a = 0; a < 3; ++a) base[a][j] = acc_t(o[a] * s.stride[a] - s.pad[a]);
-  }
+  });
   for (int64_t og = 0; og < s.offset_group; ++og) {
-    for (int64_t k = 0; k < K; ++k) {
+    for (int64_t k = k0; k < k1; ++k) {
       const int64_t tap[3] = {k / (s.k[1] * s.k[2]), (k / s.k[2]) % s.k[1], k % s.k[2]};
       acc_t shift[3];
       const scalar_t* rec[3] = {nullptr, nullptr, nullptr};
@@ -165,7 +185,7 @@ D3D_ALWAYS_INLINE void sample_tile_impl(const DeformConv3dShape& s, const scalar
         // The offset group's channels, in runs that never straddle a channel-group boundary.
         for (int64_t c = og * cpo; c < (og + 1) * cpo;) {
           const int64_t g = c / cpg, end = std::min((g + 1) * cpg, (og + 1) * cpo);
-          gather_row(p, c, end - c, row + (g * K + k) * cpg + (c - g * cpg));
+          gather_row(p, c, end - c, row + (g * Kc + k - k0) * cpg + (c - g * cpg));
           c = end;
         }
       }
@@ -173,136 +193,63 @@ D3D_ALWAYS_INLINE void sample_tile_impl(const DeformConv3dShape& s, const scalar
   }
 }
 
-#ifdef D3D_AVX512_GEMM
+#ifdef D3D_AVX2_GEMM
+// The vector sampler, once per instruction set, with the Isa of deform_conv3d_cpu_gemm.h.
 // GCC 12 flags the intrinsics' own _mm512_undefined_* operands as maybe-uninitialized (a false positive).
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-// Lanes with 0 <= v < n; v clamped to [0, hi].
-__attribute__((target("avx512f"), always_inline)) inline __mmask16 inside_avx512(__m512i v, __m512i n) {
-  return static_cast<__mmask16>(_mm512_cmpge_epi32_mask(v, _mm512_setzero_si512()) & _mm512_cmplt_epi32_mask(v, n));
-}
-__attribute__((target("avx512f"), always_inline)) inline __m512i clamp_avx512(__m512i v, __m512i hi) {
-  return _mm512_min_epi32(_mm512_max_epi32(v, _mm512_setzero_si512()), hi);
-}
-
-// sample_tile_impl for fp32 and deform_dims "HW" (D3Dnet's) on AVX-512: each tap is bilinear in (h, w)
-// at an integer time index, and the corners of 16 positions are located at once in vector registers
-// (the whole forward measured 6 % faster than locating one point at a time). A corner outside gets weight
-// 0 and a pixel clamped into it, so the gather that follows has no branches. Same validity rule and
-// weights as locate_corners: positions are first clamped to [-2, size + 1], so every lane converts to
-// a small integer and NaN lands outside, as the comparisons there send it; the one difference is that a
-// zero-weight corner's value is multiplied by 0 instead of skipped.
-__attribute__((target("avx512f"))) inline void sample_tile_hw_avx512(const DeformConv3dShape& s, const float* x_cl,
-                                                                     const float* offset_n, int64_t l0, int64_t nt,
-                                                                     float* colT) {
-  const int64_t K = s.taps(), L = s.out_spatial(), R = s.col_rows(), C = s.c;
-  const int64_t cpg = s.c / s.group, cpo = s.c / s.offset_group;
-  const int T = static_cast<int>(s.t), H = static_cast<int>(s.h), W = static_cast<int>(s.w);
-  alignas(64) int32_t bt[kTilePositions + 16], bh[kTilePositions + 16], bw[kTilePositions + 16];
-  for (int64_t j = 0; j < nt + 16; ++j) {  // past nt: any valid position (their results are not used)
-    const int64_t l = l0 + std::min(j, nt - 1);
-    bt[j] = static_cast<int32_t>((l / (s.out[1] * s.out[2])) * s.stride[0] - s.pad[0]);
-    bh[j] = static_cast<int32_t>(((l / s.out[2]) % s.out[1]) * s.stride[1] - s.pad[1]);
-    bw[j] = static_cast<int32_t>((l % s.out[2]) * s.stride[2] - s.pad[2]);
-  }
-  const __m512i one = _mm512_set1_epi32(1);
-  const __m512i vT = _mm512_set1_epi32(T), vH = _mm512_set1_epi32(H), vW = _mm512_set1_epi32(W);
-  const __m512i vH1 = _mm512_set1_epi32(H - 1), vW1 = _mm512_set1_epi32(W - 1), vT1 = _mm512_set1_epi32(T - 1);
-  const __m512 lo = _mm512_set1_ps(-2.0f), hiH = _mm512_set1_ps(H + 1.0f), hiW = _mm512_set1_ps(W + 1.0f);
-  const __m512 fone = _mm512_set1_ps(1.0f);
-  alignas(64) int32_t px[4][16];
-  alignas(64) float wt[4][16];
-  for (int64_t og = 0; og < s.offset_group; ++og) {
-    for (int64_t k = 0; k < K; ++k) {
-      const __m512i st = _mm512_set1_epi32(static_cast<int>((k / (s.k[1] * s.k[2])) * s.dil[0]));
-      const __m512 sh = _mm512_set1_ps(static_cast<float>(((k / s.k[2]) % s.k[1]) * s.dil[1]));
-      const __m512 sw = _mm512_set1_ps(static_cast<float>((k % s.k[2]) * s.dil[2]));
-      const float* oh = offset_n + ((og * K + k) * s.nd + s.slot[1]) * L + l0;
-      const float* ow = offset_n + ((og * K + k) * s.nd + s.slot[2]) * L + l0;
-      for (int64_t j0 = 0; j0 < nt; j0 += 16) {
-        const int nb = static_cast<int>(std::min<int64_t>(16, nt - j0));
-        const __mmask16 live = static_cast<__mmask16>((1u << nb) - 1u);
-        const __m512i t = _mm512_add_epi32(_mm512_load_si512(bt + j0), st);
-        __m512 ph = _mm512_add_ps(_mm512_add_ps(_mm512_cvtepi32_ps(_mm512_load_si512(bh + j0)), sh),
-                                  _mm512_maskz_loadu_ps(live, oh + j0));
-        __m512 pw = _mm512_add_ps(_mm512_add_ps(_mm512_cvtepi32_ps(_mm512_load_si512(bw + j0)), sw),
-                                  _mm512_maskz_loadu_ps(live, ow + j0));
-        ph = _mm512_min_ps(_mm512_max_ps(ph, lo), hiH);  // max_ps(NaN, lo) is lo
-        pw = _mm512_min_ps(_mm512_max_ps(pw, lo), hiW);
-        const __m512 fh0 = _mm512_roundscale_ps(ph, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-        const __m512 fw0 = _mm512_roundscale_ps(pw, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-        const __m512i h0 = _mm512_cvttps_epi32(fh0), w0 = _mm512_cvttps_epi32(fw0);
-        const __m512i h1 = _mm512_add_epi32(h0, one), w1 = _mm512_add_epi32(w0, one);
-        const __m512 fh = _mm512_sub_ps(ph, fh0), fw = _mm512_sub_ps(pw, fw0);
-        const __mmask16 vt = inside_avx512(t, vT);
-        const __m512 gh0 = _mm512_maskz_mov_ps(vt & inside_avx512(h0, vH), _mm512_sub_ps(fone, fh));
-        const __m512 gh1 = _mm512_maskz_mov_ps(vt & inside_avx512(h1, vH), fh);
-        const __m512 gw0 = _mm512_maskz_mov_ps(inside_avx512(w0, vW), _mm512_sub_ps(fone, fw));
-        const __m512 gw1 = _mm512_maskz_mov_ps(inside_avx512(w1, vW), fw);
-        const __m512i tH = _mm512_mullo_epi32(clamp_avx512(t, vT1), vH);
-        const __m512i r0 = _mm512_mullo_epi32(_mm512_add_epi32(tH, clamp_avx512(h0, vH1)), vW);
-        const __m512i r1 = _mm512_mullo_epi32(_mm512_add_epi32(tH, clamp_avx512(h1, vH1)), vW);
-        const __m512i c0 = clamp_avx512(w0, vW1), c1 = clamp_avx512(w1, vW1);
-        _mm512_store_si512(px[0], _mm512_add_epi32(r0, c0));
-        _mm512_store_si512(px[1], _mm512_add_epi32(r0, c1));
-        _mm512_store_si512(px[2], _mm512_add_epi32(r1, c0));
-        _mm512_store_si512(px[3], _mm512_add_epi32(r1, c1));
-        _mm512_store_ps(wt[0], _mm512_mul_ps(gh0, gw0));
-        _mm512_store_ps(wt[1], _mm512_mul_ps(gh0, gw1));
-        _mm512_store_ps(wt[2], _mm512_mul_ps(gh1, gw0));
-        _mm512_store_ps(wt[3], _mm512_mul_ps(gh1, gw1));
-        for (int j = 0; j < nb; ++j) {
-          const float* a = x_cl + int64_t(px[0][j]) * C;
-          const float* b = x_cl + int64_t(px[1][j]) * C;
-          const float* d = x_cl + int64_t(px[2][j]) * C;
-          const float* e = x_cl + int64_t(px[3][j]) * C;
-          const float w00 = wt[0][j], w01 = wt[1][j], w10 = wt[2][j], w11 = wt[3][j];
-          float* row = colT + (j0 + j) * R;
-          // A tap on a pixel (zero or integer offsets, e.g. an untrained model's) reads one corner.
-          const bool on_pixel = w01 == 0.0f && w10 == 0.0f && w11 == 0.0f;
-          for (int64_t c = og * cpo; c < (og + 1) * cpo;) {  // runs within one channel group
-            const int64_t g = s.group == 1 ? 0 : c / cpg, end = std::min((g + 1) * cpg, (og + 1) * cpo);
-            float* dst = row + (g * K + k) * cpg + (c - g * cpg);
-            if (on_pixel) {
-              for (int64_t i = 0; i < end - c; ++i) dst[i] = w00 * a[c + i];
-            } else {
-              for (int64_t i = 0; i < end - c; ++i)
-                dst[i] = w00 * a[c + i] + w01 * b[c + i] + w10 * d[c + i] + w11 * e[c + i];
-            }
-            c = end;
-          }
-        }
-      }
-    }
-  }
-}
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+namespace isa_avx512 {
+#include "deform_conv3d_cpu_sampler_body.h"
+}  // namespace isa_avx512
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace isa_avx2 {
+#include "deform_conv3d_cpu_sampler_body.h"
+}  // namespace isa_avx2
+#pragma GCC pop_options
 #pragma GCC diagnostic pop
 #endif
 
-// Whether sample_tile_hw_avx512 applies: fp32 on an AVX-512 CPU, only H and W deformed, pixel
-// indices within int32.
-inline bool hw_sampler_applies(const DeformConv3dShape& s) {
-  return avx512_available() && s.slot[0] < 0 && s.slot[1] >= 0 && s.slot[2] >= 0 && s.in_spatial() < (int64_t(1) << 31);
+// Whether the vector sampler (deform_conv3d_cpu_sampler_body.h) applies: fp32 on an AVX2 or AVX-512
+// path, only H and W deformed, pixel indices within int32.
+inline bool hw_sampler_applies(const DeformConv3dShape& s, CpuIsa isa) {
+  return isa != CpuIsa::generic && s.slot[0] < 0 && s.slot[1] >= 0 && s.slot[2] >= 0 &&
+         s.in_spatial() < (int64_t(1) << 31);
 }
 
+// The tile's sampler on path `isa`; zeros: C zeros, read in place of a corner that carries no weight
+// (by the vector sampler, so that an Inf or NaN pixel there does not become 0 * Inf = NaN).
 template <typename scalar_t>
-inline void sample_tile(const DeformConv3dShape& s, const scalar_t* x_cl, const scalar_t* offset_n, int64_t l0,
-                        int64_t nt, scalar_t* colT) {
-  sample_tile_impl(s, x_cl, offset_n, l0, nt, colT);
+inline void sample_tile(CpuIsa isa, const DeformConv3dShape& s, const scalar_t* x_cl, const scalar_t* offset_n,
+                        int64_t l0, int64_t nt, int64_t k0, int64_t k1, const scalar_t* zeros, scalar_t* colT) {
+  (void)isa, (void)zeros;
+  sample_tile_impl(s, x_cl, offset_n, l0, nt, k0, k1, colT);
 }
 
 // fp32 (the deployment type): one clone per vector width.
 D3D_CPU_CLONES inline void sample_tile_f32(const DeformConv3dShape& s, const float* x_cl, const float* offset_n,
-                                           int64_t l0, int64_t nt, float* colT) {
-  sample_tile_impl(s, x_cl, offset_n, l0, nt, colT);
+                                           int64_t l0, int64_t nt, int64_t k0, int64_t k1, float* colT) {
+  sample_tile_impl(s, x_cl, offset_n, l0, nt, k0, k1, colT);
 }
 template <>
-inline void sample_tile<float>(const DeformConv3dShape& s, const float* x_cl, const float* offset_n, int64_t l0,
-                               int64_t nt, float* colT) {
-#ifdef D3D_AVX512_GEMM
-  if (hw_sampler_applies(s)) return sample_tile_hw_avx512(s, x_cl, offset_n, l0, nt, colT);
+inline void sample_tile<float>(CpuIsa isa, const DeformConv3dShape& s, const float* x_cl, const float* offset_n,
+                               int64_t l0, int64_t nt, int64_t k0, int64_t k1, const float* zeros, float* colT) {
+#ifdef D3D_AVX2_GEMM
+  if (hw_sampler_applies(s, isa)) {
+    if (isa == CpuIsa::avx512) return isa_avx512::sample_tile_hw(s, x_cl, offset_n, l0, nt, k0, k1, zeros, colT);
+    return isa_avx2::sample_tile_hw(s, x_cl, offset_n, l0, nt, k0, k1, zeros, colT);
+  }
 #endif
-  sample_tile_f32(s, x_cl, offset_n, l0, nt, colT);
+  (void)isa, (void)zeros;  // the vector sampler's, where there is one
+  sample_tile_f32(s, x_cl, offset_n, l0, nt, k0, k1, colT);
+}
+
+// Taps per chunk for the own GEMM: about chunk_rows column rows of cpg channels each, at least one.
+inline int64_t chunk_taps(int64_t K, int64_t cpg, int64_t chunk_rows) {
+  return std::min(K, std::max<int64_t>(1, (chunk_rows + cpg - 1) / cpg));
 }
 
 // [C, V] -> [V, C] for one batch item, in blocks of positions (one parallel work item each).
@@ -320,6 +267,18 @@ void to_channels_last(const scalar_t* x_n, int64_t C, int64_t V, scalar_t* x_cl,
   });
 }
 
+// y[(g*opg + o)*L + j] = acc[g, j, o] + bias[g*opg + o] for j < nt: the own GEMM's position-major
+// accumulators into the channel-major output.
+inline void store_tile(const float* acc, int64_t nt, int64_t G, int64_t opg, const float* bias, float* y, int64_t L) {
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t o = 0; o < opg; ++o) {
+      const float b = bias != nullptr ? bias[g * opg + o] : 0.0f;
+      const float* a = acc + g * nt * opg + o;
+      float* yo = y + (g * opg + o) * L;
+      for (int64_t j = 0; j < nt; ++j) yo[j] = a[j * opg] + b;
+    }
+}
+
 // A per-thread tile buffer, kept between calls (its size is bounded by one tile).
 template <typename scalar_t>
 scalar_t* tile_buffer(size_t elems) {
@@ -335,18 +294,20 @@ scalar_t* tile_buffer(size_t elems) {
 //   gemm(m, n, k, A, lda, B, ldb, C, ldc): C[m x n] = A[m x k] . B[n x k]^T, row-major, run on the
 //     calling thread (it is called from inside par). fp32 with output-channel groups of a multiple of
 //     the vector width on an AVX2 or AVX-512 path uses the kernel's own GEMM instead
-//     (deform_conv3d_cpu_gemm.h, cpu_isa()), unless host_gemm is set.
+//     (deform_conv3d_cpu_gemm.h, cpu_isa()), unless host_gemm is set; that GEMM takes the taps in chunks
+//     of about chunk_rows column rows (the same sums in the same order whatever the chunk).
 // Returns "" or the reason it failed (memory for the tile buffer); never throws.
 template <typename scalar_t, typename ParFor, typename Gemm>
 std::string forward_fused(const DeformConv3dShape& s, const scalar_t* x, const scalar_t* offset, const scalar_t* weight,
                           const scalar_t* bias, scalar_t* y, scalar_t* scratch, const ParFor& par, const Gemm& gemm,
-                          int64_t tile = kTilePositions, bool host_gemm = false) {
+                          int64_t tile = kTilePositions, bool host_gemm = false, int64_t chunk_rows = kChunkRows) {
   using acc_t = typename AccType<scalar_t>::type;
   tile = std::max<int64_t>(1, std::min(tile, kTilePositions));
   const int64_t K = s.taps(), L = s.out_spatial(), V = s.in_spatial(), R = s.col_rows();
   const int64_t G = s.group, cpg = s.c / G, opg = s.o / G, rows = cpg * K;
+  const CpuIsa isa = cpu_isa();  // once: every tile of this call takes the same path
   bool own_gemm = false;
-  if constexpr (std::is_same<scalar_t, float>::value) own_gemm = !host_gemm && own_gemm_applies(opg);
+  if constexpr (std::is_same<scalar_t, float>::value) own_gemm = !host_gemm && own_gemm_applies(opg, isa);
   scalar_t* x_cl = scratch;
   scalar_t* wp = scratch + s.c * V;
   if (own_gemm) {
@@ -362,6 +323,13 @@ std::string forward_fused(const DeformConv3dShape& s, const scalar_t* x, const s
       for (int64_t c = 0; c < cpg; ++c)
         for (int64_t k = 0; k < K; ++k) wp[(o * K + k) * cpg + c] = weight[(o * cpg + c) * K + k];
   }
+  // The own GEMM takes the taps a few at a time (sample a chunk, multiply it in, next chunk), so the
+  // column chunk, the weight rows it meets and the accumulators stay in L1/L2 instead of a whole
+  // tile's column block streaming through L3; the host's GEMM takes all taps at once.
+  const int64_t kc = own_gemm ? chunk_taps(K, cpg, chunk_rows) : K;
+  // [column chunk | accumulators (own GEMM) | a row of C zeros]
+  const int64_t chunk_elems = tile * s.c * kc, acc_elems = own_gemm ? tile * s.o : 0;
+  const int64_t tile_elems = chunk_elems + acc_elems + s.c;
   const int64_t ntiles = (L + tile - 1) / tile;
   std::atomic<bool> failed{false};
   for (int64_t n = 0; n < s.n; ++n) {
@@ -371,22 +339,30 @@ std::string forward_fused(const DeformConv3dShape& s, const scalar_t* x, const s
     par(0, ntiles, [&](int64_t b, int64_t e) {
       scalar_t* colT = nullptr;
       try {
-        colT = tile_buffer<scalar_t>(static_cast<size_t>(tile * R));
+        colT = tile_buffer<scalar_t>(static_cast<size_t>(tile_elems));
       } catch (const std::bad_alloc&) {
         failed = true;
         return;
       }
+      scalar_t* zeros = colT + chunk_elems + acc_elems;
+      std::fill(zeros, zeros + s.c, scalar_t(0));
       for (int64_t t = b; t < e; ++t) {
         const int64_t l0 = t * tile, nt = std::min(tile, L - l0);
-        sample_tile(s, x_cl, off_n, l0, nt, colT);
         if constexpr (std::is_same<scalar_t, float>::value) {
           if (own_gemm) {
-            for (int64_t g = 0; g < G; ++g)
-              gemm_tile_f32(nt, rows, colT + g * rows, R, wp + g * rows * opg, opg,
-                            bias != nullptr ? bias + g * opg : nullptr, y_n + g * opg * L + l0, L);
+            float* acc = colT + chunk_elems;  // [G, nt, O/G]
+            for (int64_t k0 = 0; k0 < K; k0 += kc) {
+              const int64_t k1 = std::min(K, k0 + kc), crows = (k1 - k0) * cpg;
+              sample_tile(isa, s, x_cl, off_n, l0, nt, k0, k1, zeros, colT);
+              for (int64_t g = 0; g < G; ++g)
+                gemm_accumulate_f32(isa, nt, crows, colT + g * crows, s.c * (k1 - k0), wp + (g * rows + k0 * cpg) * opg,
+                                    opg, acc + g * nt * opg, k0 > 0);
+            }
+            store_tile(acc, nt, G, opg, bias, y_n + l0, L);
             continue;
           }
         }
+        sample_tile(isa, s, x_cl, off_n, l0, nt, 0, K, zeros, colT);
         for (int64_t g = 0; g < G; ++g) {
           scalar_t* yg = y_n + g * opg * L + l0;
           gemm(opg, nt, rows, wp + g * opg * rows, rows, colT + g * rows, R, yg, L);
@@ -400,7 +376,7 @@ std::string forward_fused(const DeformConv3dShape& s, const scalar_t* x, const s
         }
       }
     });
-    if (failed) return "out of memory for a column tile of " + std::to_string(tile * R) + " elements";
+    if (failed) return "out of memory for a column tile of " + std::to_string(tile_elems) + " elements";
   }
   return "";
 }

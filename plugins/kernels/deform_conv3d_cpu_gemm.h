@@ -1,15 +1,19 @@
 // The fused CPU forward's fp32 GEMM, for output-channel groups that are a multiple of the vector width:
-//   y[o, l0 + j] = bias[o] + sum_r colT[j, r] * wt[r, o]   for j < nt, o < opg
-// colT is the tile the sampling just wrote ([nt, R] row-major, still in cache) and wt the weight packed
-// once per call to [rows, opg]. A BLAS would first copy ("pack") the tile into its own panel layout: at
-// D3Dnet's shape that copy was a fifth of OpenBLAS's time. Here the tile is consumed where it lies: each
-// step broadcasts one column value of P positions and multiplies it into the V vectors of output
-// channels held in registers, so the positions ride the broadcast and the channels the vector.
+//   acc[j, o] (+)= sum_r colT[j, r] * wt[r, o]   for j < nt, o < opg
+// colT is the chunk of taps the sampling just wrote ([nt, rows] row-major, still in cache), wt the
+// weight packed once per call to [rows, opg] and acc the tile's position-major accumulators, carried
+// from one chunk of taps to the next (deform_conv3d_cpu_forward.h). A BLAS would first copy ("pack") the
+// chunk into its own panel layout: at D3Dnet's shape that copy was a fifth of OpenBLAS's time. Here the
+// chunk is consumed where it lies: each step broadcasts one column value of P positions and multiplies
+// it into the V vectors of output channels held in registers, so the positions ride the broadcast and
+// the channels the vector.
 //
 // One body (deform_conv3d_cpu_gemm_body.h) compiled per instruction set and chosen at run time:
 //   avx512: 16 lanes, P x V = 24 accumulators of the 32 registers, V <= 4;
 //   avx2:   8 lanes (AVX2 + FMA), P x V = 12 accumulators of the 16 registers, V <= 2 (6 x 16);
 //   generic: none, the host's GEMM (OpenBLAS, ATen) is used.
+// Each ISA's `Isa` also carries the operations of the vector sampler (deform_conv3d_cpu_sampler_body.h,
+// included per ISA by deform_conv3d_cpu_forward.h).
 // The CPU decides (CPUID); D3D_CPU_ISA=avx2|avx512|generic lowers the choice (never above what the CPU
 // has), so an AVX-512 machine tests and benchmarks the AVX2 path too.
 #pragma once
@@ -82,20 +86,41 @@ inline bool force_cpu_isa(CpuIsa isa) {
   return true;
 }
 
-inline bool avx512_available() { return cpu_isa() == CpuIsa::avx512; }
-
 #ifdef D3D_AVX512_GEMM
 #pragma GCC push_options
 #pragma GCC target("avx512f")
 namespace isa_avx512 {
 struct Isa {
   using vec = __m512;
+  using ivec = __m512i;
+  using mask = __mmask16;
   static constexpr int kLanes = 16, kAccumulators = 24, kMaxVectors = 4;
   static vec zero() { return _mm512_setzero_ps(); }
   static vec load(const float* p) { return _mm512_loadu_ps(p); }
   static vec broadcast(float x) { return _mm512_set1_ps(x); }
   static vec fmadd(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
   static void store(float* p, vec v) { _mm512_storeu_ps(p, v); }
+  // the sampler's (deform_conv3d_cpu_sampler_body.h)
+  static vec load_first(const float* p, int n) { return _mm512_maskz_loadu_ps(static_cast<mask>((1u << n) - 1u), p); }
+  static vec add(vec a, vec b) { return _mm512_add_ps(a, b); }
+  static vec sub(vec a, vec b) { return _mm512_sub_ps(a, b); }
+  static vec mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
+  static vec min(vec a, vec b) { return _mm512_min_ps(a, b); }
+  static vec max(vec a, vec b) { return _mm512_max_ps(a, b); }  // b where a is NaN
+  static vec floor(vec a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
+  static vec to_float(ivec a) { return _mm512_cvtepi32_ps(a); }
+  static ivec to_int(vec a) { return _mm512_cvttps_epi32(a); }
+  static ivec iset1(int x) { return _mm512_set1_epi32(x); }
+  static ivec iload(const int32_t* p) { return _mm512_load_si512(p); }
+  static void istore(int32_t* p, ivec v) { _mm512_store_si512(p, v); }
+  static ivec iadd(ivec a, ivec b) { return _mm512_add_epi32(a, b); }
+  static ivec imul(ivec a, ivec b) { return _mm512_mullo_epi32(a, b); }
+  static ivec clamp(ivec v, ivec hi) { return _mm512_min_epi32(_mm512_max_epi32(v, _mm512_setzero_si512()), hi); }
+  static mask inside(ivec v, ivec n) {  // 0 <= v < n
+    return static_cast<mask>(_mm512_cmpge_epi32_mask(v, _mm512_setzero_si512()) & _mm512_cmplt_epi32_mask(v, n));
+  }
+  static mask both(mask a, mask b) { return static_cast<mask>(a & b); }
+  static vec select(mask m, vec v) { return _mm512_maskz_mov_ps(m, v); }  // v where m, else 0
 };
 #include "deform_conv3d_cpu_gemm_body.h"
 }  // namespace isa_avx512
@@ -106,12 +131,37 @@ struct Isa {
 namespace isa_avx2 {
 struct Isa {
   using vec = __m256;
+  using ivec = __m256i;
+  using mask = __m256i;  // all ones in a lane that is set
   static constexpr int kLanes = 8, kAccumulators = 12, kMaxVectors = 2;
   static vec zero() { return _mm256_setzero_ps(); }
   static vec load(const float* p) { return _mm256_loadu_ps(p); }
   static vec broadcast(float x) { return _mm256_set1_ps(x); }
   static vec fmadd(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
   static void store(float* p, vec v) { _mm256_storeu_ps(p, v); }
+  // the sampler's (deform_conv3d_cpu_sampler_body.h)
+  static vec load_first(const float* p, int n) {  // lanes >= n are 0 and not read
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+  }
+  static vec add(vec a, vec b) { return _mm256_add_ps(a, b); }
+  static vec sub(vec a, vec b) { return _mm256_sub_ps(a, b); }
+  static vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
+  static vec min(vec a, vec b) { return _mm256_min_ps(a, b); }
+  static vec max(vec a, vec b) { return _mm256_max_ps(a, b); }  // b where a is NaN
+  static vec floor(vec a) { return _mm256_floor_ps(a); }
+  static vec to_float(ivec a) { return _mm256_cvtepi32_ps(a); }
+  static ivec to_int(vec a) { return _mm256_cvttps_epi32(a); }
+  static ivec iset1(int x) { return _mm256_set1_epi32(x); }
+  static ivec iload(const int32_t* p) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(p)); }
+  static void istore(int32_t* p, ivec v) { _mm256_store_si256(reinterpret_cast<__m256i*>(p), v); }
+  static ivec iadd(ivec a, ivec b) { return _mm256_add_epi32(a, b); }
+  static ivec imul(ivec a, ivec b) { return _mm256_mullo_epi32(a, b); }
+  static ivec clamp(ivec v, ivec hi) { return _mm256_min_epi32(_mm256_max_epi32(v, _mm256_setzero_si256()), hi); }
+  static mask inside(ivec v, ivec n) {  // 0 <= v < n
+    return _mm256_and_si256(_mm256_cmpgt_epi32(v, _mm256_set1_epi32(-1)), _mm256_cmpgt_epi32(n, v));
+  }
+  static mask both(mask a, mask b) { return _mm256_and_si256(a, b); }
+  static vec select(mask m, vec v) { return _mm256_and_ps(_mm256_castsi256_ps(m), v); }  // v where m, else 0
 };
 #include "deform_conv3d_cpu_gemm_body.h"
 }  // namespace isa_avx2
@@ -119,8 +169,8 @@ struct Isa {
 #endif
 
 // Whether the kernel's own GEMM applies to output-channel groups of opg on the selected path.
-inline bool own_gemm_applies(int64_t opg) {
-  switch (cpu_isa()) {
+inline bool own_gemm_applies(int64_t opg, CpuIsa isa = cpu_isa()) {
+  switch (isa) {
     case CpuIsa::avx512:
       return opg % 16 == 0;
     case CpuIsa::avx2:
@@ -130,20 +180,23 @@ inline bool own_gemm_applies(int64_t opg) {
   }
 }
 
-// y[o, j] (row stride L) for o < opg, j < nt; false where this GEMM does not apply (the caller then uses
-// the host's). colT rows are R apart and hold `rows` values for this group from their start.
-inline bool gemm_tile_f32(int64_t nt, int64_t rows, const float* colT, int64_t R, const float* wt, int64_t opg,
-                          const float* bias, float* y, int64_t L) {
-  if (!own_gemm_applies(opg)) return false;
+// acc[j, o] (rows opg apart) = (accumulate ? acc[j, o] : 0) + sum_{r < rows} colT[j, r] * wt[r, o] for
+// j < nt, o < opg; false where this GEMM does not apply (the caller then uses the host's). colT rows are
+// lda apart. A sum cut into chunks of rows, the first with accumulate false, adds its products in the
+// same order as one call over all rows. isa: the path, read once by the caller, so that a concurrent
+// force_cpu_isa() cannot change it halfway through a sum.
+inline bool gemm_accumulate_f32(CpuIsa isa, int64_t nt, int64_t rows, const float* colT, int64_t lda, const float* wt,
+                                int64_t opg, float* acc, bool accumulate) {
+  if (!own_gemm_applies(opg, isa)) return false;
 #ifdef D3D_AVX2_GEMM
-  if (cpu_isa() == CpuIsa::avx512) {
-    isa_avx512::gemm_tile_all(nt, rows, colT, R, wt, opg, bias, y, L);
+  if (isa == CpuIsa::avx512) {
+    isa_avx512::gemm_chunk_all(nt, rows, colT, lda, wt, opg, acc, accumulate);
   } else {
-    isa_avx2::gemm_tile_all(nt, rows, colT, R, wt, opg, bias, y, L);
+    isa_avx2::gemm_chunk_all(nt, rows, colT, lda, wt, opg, acc, accumulate);
   }
   return true;
 #else
-  (void)nt, (void)rows, (void)colT, (void)R, (void)wt, (void)bias, (void)y, (void)L;
+  (void)nt, (void)rows, (void)colT, (void)lda, (void)wt, (void)acc, (void)accumulate;
   return false;
 #endif
 }

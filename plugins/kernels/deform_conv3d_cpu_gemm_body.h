@@ -4,13 +4,17 @@
 // that ISA and nothing of the math is written twice. It has no include guard on purpose.
 
 // One block of np <= P positions x kLanes*V channels: each step broadcasts one column value of P
-// positions and multiplies it into the V vectors of output channels held in registers.
+// positions and multiplies it into the V vectors of output channels held in registers. The block of
+// acc (rows ldo apart) is loaded first when `accumulate`, so a long sum can be split into chunks of
+// rows and still add its products in the same order.
 template <int V, int P>
-inline void gemm_block(int64_t rows, const float* a, int64_t lda, int np, const float* wt, int64_t ldw, float* ct) {
+inline void gemm_block(int64_t rows, const float* a, int64_t lda, int np, const float* wt, int64_t ldw, float* acc_out,
+                       int64_t ldo, bool accumulate) {
   using vec = typename Isa::vec;
   vec acc[P][V];
   for (int p = 0; p < P; ++p)
-    for (int v = 0; v < V; ++v) acc[p][v] = Isa::zero();
+    for (int v = 0; v < V; ++v)
+      acc[p][v] = accumulate && p < np ? Isa::load(acc_out + p * ldo + Isa::kLanes * v) : Isa::zero();
   const float* ap[P];
   for (int p = 0; p < P; ++p) ap[p] = a + std::min(p, np - 1) * lda;  // a short block repeats its last row
   for (int64_t r = 0; r < rows; ++r) {
@@ -22,40 +26,34 @@ inline void gemm_block(int64_t rows, const float* a, int64_t lda, int np, const 
     }
   }
   for (int p = 0; p < np; ++p)
-    for (int v = 0; v < V; ++v) Isa::store(ct + (p * V + v) * Isa::kLanes, acc[p][v]);
+    for (int v = 0; v < V; ++v) Isa::store(acc_out + p * ldo + Isa::kLanes * v, acc[p][v]);
 }
 
-// Channels [ob, ob + kLanes*V) of every position of the tile, through a [P, kLanes*V] staging block
-// that is transposed into y (channel-major), with the bias.
+// Channels [ob, ob + kLanes*V) of every position of the chunk.
 template <int V>
-inline void gemm_tile(int64_t nt, int64_t rows, const float* colT, int64_t R, const float* wt, int64_t opg, int64_t ob,
-                      const float* bias, float* y, int64_t L) {
-  constexpr int P = Isa::kAccumulators / V, C = Isa::kLanes * V;
-  alignas(64) float ct[P * C];
+inline void gemm_chunk(int64_t nt, int64_t rows, const float* colT, int64_t lda, const float* wt, int64_t opg,
+                       int64_t ob, float* acc, bool accumulate) {
+  constexpr int P = Isa::kAccumulators / V;
   for (int64_t j0 = 0; j0 < nt; j0 += P) {
     const int np = static_cast<int>(std::min<int64_t>(P, nt - j0));
-    gemm_block<V, P>(rows, colT + j0 * R, R, np, wt + ob, opg, ct);
-    for (int i = 0; i < C; ++i) {
-      const float b = bias != nullptr ? bias[ob + i] : 0.0f;
-      float* yo = y + (ob + i) * L + j0;
-      for (int p = 0; p < np; ++p) yo[p] = ct[p * C + i] + b;
-    }
+    gemm_block<V, P>(rows, colT + j0 * lda, lda, np, wt + ob, opg, acc + j0 * opg + ob, opg, accumulate);
   }
 }
 
-// Every output channel (opg a multiple of kLanes), in blocks of up to kMaxVectors vectors.
-inline void gemm_tile_all(int64_t nt, int64_t rows, const float* colT, int64_t R, const float* wt, int64_t opg,
-                          const float* bias, float* y, int64_t L) {
+// acc[j, o] (+)= sum_r colT[j, r] * wt[r, o] for every output channel (opg a multiple of kLanes), in
+// blocks of up to kMaxVectors vectors.
+inline void gemm_chunk_all(int64_t nt, int64_t rows, const float* colT, int64_t lda, const float* wt, int64_t opg,
+                           float* acc, bool accumulate) {
   for (int64_t ob = 0; ob < opg;) {
     const int64_t v = std::min<int64_t>(Isa::kMaxVectors, (opg - ob) / Isa::kLanes);
     if (Isa::kMaxVectors >= 4 && v == 4) {
-      gemm_tile<(Isa::kMaxVectors >= 4 ? 4 : 1)>(nt, rows, colT, R, wt, opg, ob, bias, y, L);
+      gemm_chunk<(Isa::kMaxVectors >= 4 ? 4 : 1)>(nt, rows, colT, lda, wt, opg, ob, acc, accumulate);
     } else if (Isa::kMaxVectors >= 3 && v == 3) {
-      gemm_tile<(Isa::kMaxVectors >= 3 ? 3 : 1)>(nt, rows, colT, R, wt, opg, ob, bias, y, L);
+      gemm_chunk<(Isa::kMaxVectors >= 3 ? 3 : 1)>(nt, rows, colT, lda, wt, opg, ob, acc, accumulate);
     } else if (v == 2) {
-      gemm_tile<2>(nt, rows, colT, R, wt, opg, ob, bias, y, L);
+      gemm_chunk<2>(nt, rows, colT, lda, wt, opg, ob, acc, accumulate);
     } else {
-      gemm_tile<1>(nt, rows, colT, R, wt, opg, ob, bias, y, L);
+      gemm_chunk<1>(nt, rows, colT, lda, wt, opg, ob, acc, accumulate);
     }
     ob += v * Isa::kLanes;
   }

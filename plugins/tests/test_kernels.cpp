@@ -3,6 +3,7 @@
 // adjointness, or a direct convolution loop written here.
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -249,6 +250,22 @@ Inputs random_inputs(const d3d::DeformConv3dShape& s) {
   return in;
 }
 
+// The inputs rounded to fp32, in place, so that the fp64 reference runs on exactly the values the fp32
+// forward sees; returns the fp32 copies.
+struct InputsF {
+  std::vector<float> x, w, b, off;
+};
+InputsF round_to_fp32(Inputs& in) {
+  InputsF f;
+  const std::pair<std::vector<double>*, std::vector<float>*> pairs[] = {
+      {&in.x, &f.x}, {&in.w, &f.w}, {&in.b, &f.b}, {&in.off, &f.off}};
+  for (auto [d, s] : pairs) {
+    s->assign(d->begin(), d->end());
+    std::copy(s->begin(), s->end(), d->begin());
+  }
+  return f;
+}
+
 struct ReversedChunksFor {  // hands out items in chunks of 3, last chunk first: any split must do
   template <typename Fn>
   void operator()(int64_t begin, int64_t end, const Fn& fn) const {
@@ -333,7 +350,56 @@ struct NaiveGemmF {  // C[m x n] = A[m x k] . B[n x k]^T in fp64, stored as fp32
   }
 };
 
-// The own GEMM (and, on avx512, the vector sampler) of one instruction-set path; false where this CPU
+// Inf and NaN input pixels (on the frame's border and inside), a third of the offsets whole pixels: the
+// fp32 forward on the current path is non-finite exactly where the fp64 reference forward is (a corner
+// without weight adds nothing there, not 0 * Inf = NaN) and equal to it elsewhere. Channel counts 8 and
+// 32 take the vector sampler's whole-vector path, 6 its general loop.
+void check_nonfinite_input_pixels() {
+  for (int64_t c : {int64_t(8), int64_t(32), int64_t(6)}) {
+    d3d::DeformConv3dAttrs a;
+    a.pad[0] = a.pad[1] = a.pad[2] = 1;
+    a.deform_dims = "HW";
+    const int64_t in[5] = {1, c, 3, 6, 7}, wd[5] = {16, c, 3, 3, 3};
+    d3d::DeformConv3dShape s;
+    const std::string err = d3d::make_shape(a, in, wd, -1, &s);
+    CHECK(err.empty(), "%s", err.c_str());
+    if (!err.empty()) continue;
+    Inputs inputs = random_inputs(s);
+    auto& [x, w, b, off] = inputs;
+    // eighths of a pixel: fp32 and fp64 positions agree exactly, so do the corners with weight 0
+    for (double& v : off) v = uniform(0, 1) < 0.3 ? std::round(v) : std::round(v * 8) / 8;
+    const auto pixel = [&](int64_t ch, int64_t t, int64_t h, int64_t wi) -> double& {
+      return x[((ch * s.t + t) * s.h + h) * s.w + wi];
+    };
+    pixel(0, 1, 0, 3) = std::numeric_limits<double>::infinity();
+    pixel(c - 1, 2, 5, 6) = std::numeric_limits<double>::quiet_NaN();
+    pixel(1, 0, 2, 0) = -std::numeric_limits<double>::infinity();
+    pixel(2, 1, 3, 3) = std::numeric_limits<double>::infinity();
+    const InputsF f = round_to_fp32(inputs);
+    const int64_t L = s.out_spatial();
+    std::vector<double> want(s.o * L), col(s.col_rows() * L);
+    d3d::cpu::forward(s, x.data(), off.data(), w.data(), b.data(), want.data(), col.data(), s.col_rows() * L);
+    std::vector<float> got(want.size()), scratch(d3d::cpu::forward_scratch_elems(s));
+    const std::string e = d3d::cpu::forward_fused(s, f.x.data(), f.off.data(), f.w.data(), f.b.data(), got.data(),
+                                                  scratch.data(), ReversedChunksFor(), NaiveGemmF());
+    CHECK(e.empty(), "%s", e.c_str());
+    size_t nonfinite = 0, mismatched = 0;
+    double maxerr = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      const bool finite_want = std::isfinite(want[i]), finite_got = std::isfinite(got[i]);
+      nonfinite += !finite_want;
+      mismatched += finite_want != finite_got;
+      if (finite_want && finite_got) maxerr = std::fmax(maxerr, std::fabs(got[i] - want[i]));
+    }
+    CHECK(nonfinite > 0 && nonfinite < want.size(), "C=%lld: %zu of %zu reference outputs non-finite",
+          static_cast<long long>(c), nonfinite, want.size());
+    CHECK(mismatched == 0, "C=%lld: %zu of %zu outputs finite in one and not the other (reference: %zu non-finite)",
+          static_cast<long long>(c), mismatched, want.size(), nonfinite);
+    CHECK(maxerr < 1e-4, "C=%lld: max error %g on the finite outputs", static_cast<long long>(c), maxerr);
+  }
+}
+
+// The own GEMM (in chunks of taps) and the vector sampler of one instruction-set path; false where this CPU
 // cannot execute it (reported as not run).
 bool test_own_fp32_gemm_against_reference_forward(d3d::cpu::CpuIsa isa) {
   const d3d::cpu::CpuIsa before = d3d::cpu::cpu_isa();
@@ -359,6 +425,8 @@ bool test_own_fp32_gemm_against_reference_forward(d3d::cpu::CpuIsa isa) {
       {{1, 4, 3, 5, 7}, {8, 4, 3, 3, 3}, 1, 1, 1, 1, true},    // 8 channels: one AVX2 vector, host GEMM on AVX-512
       {{1, 6, 3, 5, 9}, {24, 2, 3, 3, 3}, 3, 3, 2, 2, false},  // 3 groups of 8, stride 2 and dilation 2
       {{1, 4, 2, 6, 5}, {40, 4, 1, 3, 3}, 1, 2, 1, 1, true},   // 40 = 2 + 2 + 1 AVX2 vectors
+      // 32 channels, one group and one offset group: the sampler's whole-vector path on both widths
+      {{1, 32, 3, 4, 7}, {16, 32, 3, 3, 3}, 1, 1, 1, 1, true},
   };
   for (const Case& cs : cases) {
     d3d::DeformConv3dAttrs a;
@@ -373,7 +441,8 @@ bool test_own_fp32_gemm_against_reference_forward(d3d::cpu::CpuIsa isa) {
     CHECK(err.empty(), "%s", err.c_str());
     if (!err.empty()) continue;
     const int64_t L = s.out_spatial();
-    auto [x, w, b, off] = random_inputs(s);
+    Inputs inputs = random_inputs(s);
+    auto& [x, w, b, off] = inputs;
     // A third on whole pixels in both axes (the sampler's one-corner path).
     for (size_t i = 0; i < off.size(); ++i) {
       if (uniform(0, 1) < 0.3) off[i] = std::round(off[i]);
@@ -386,23 +455,17 @@ bool test_own_fp32_gemm_against_reference_forward(d3d::cpu::CpuIsa isa) {
       off[i + 2] = std::numeric_limits<double>::infinity();
       off[i + 3] = std::numeric_limits<double>::quiet_NaN();
     }
-    // fp32 inputs, and the fp64 reference run on exactly those values
-    std::vector<float> xf(x.begin(), x.end()), wf(w.begin(), w.end()), bf(b.begin(), b.end()),
-        of(off.begin(), off.end());
-    for (size_t i = 0; i < x.size(); ++i) x[i] = xf[i];
-    for (size_t i = 0; i < w.size(); ++i) w[i] = wf[i];
-    for (size_t i = 0; i < b.size(); ++i) b[i] = bf[i];
-    for (size_t i = 0; i < off.size(); ++i) off[i] = of[i];
+    const InputsF f = round_to_fp32(inputs);  // and the fp64 reference runs on exactly those values
     const double* bias = cs.bias ? b.data() : nullptr;
     std::vector<double> want(s.n * s.o * L), col(s.col_rows() * L);
     d3d::cpu::forward(s, x.data(), off.data(), w.data(), bias, want.data(), col.data(), s.col_rows() * L);
     std::vector<float> scratch(d3d::cpu::forward_scratch_elems(s));
     std::vector<float> own(want.size(), 12345.0f), host(want.size(), -12345.0f);
     for (int64_t tile : {int64_t(7), d3d::cpu::kTilePositions}) {
-      std::string e = d3d::cpu::forward_fused(s, xf.data(), of.data(), wf.data(), cs.bias ? bf.data() : nullptr,
+      std::string e = d3d::cpu::forward_fused(s, f.x.data(), f.off.data(), f.w.data(), cs.bias ? f.b.data() : nullptr,
                                               own.data(), scratch.data(), ReversedChunksFor(), NaiveGemmF(), tile);
       CHECK(e.empty(), "%s", e.c_str());
-      e = d3d::cpu::forward_fused(s, xf.data(), of.data(), wf.data(), cs.bias ? bf.data() : nullptr, host.data(),
+      e = d3d::cpu::forward_fused(s, f.x.data(), f.off.data(), f.w.data(), cs.bias ? f.b.data() : nullptr, host.data(),
                                   scratch.data(), ReversedChunksFor(), NaiveGemmF(), tile, /*host_gemm=*/true);
       CHECK(e.empty(), "%s", e.c_str());
       double err_own = 0, err_host = 0;
@@ -415,8 +478,24 @@ bool test_own_fp32_gemm_against_reference_forward(d3d::cpu::CpuIsa isa) {
             static_cast<long long>(s.group), static_cast<long long>(tile), err_own);
       CHECK(err_host < 1e-4, "O=%lld tile %lld: host GEMM max error %g", static_cast<long long>(s.o),
             static_cast<long long>(tile), err_host);
+      // The taps in chunks (one tap; two or three, so the last chunk is shorter; all at once) add the
+      // same products in the same order: the same bits as the default chunks.
+      const int64_t cpg = s.c / s.group;
+      for (int64_t chunk_rows : {int64_t(1), 2 * cpg, 3 * cpg - 1, s.taps() * cpg}) {
+        std::vector<float> chunked(want.size(), 54321.0f);
+        e = d3d::cpu::forward_fused(s, f.x.data(), f.off.data(), f.w.data(), cs.bias ? f.b.data() : nullptr,
+                                    chunked.data(), scratch.data(), ReversedChunksFor(), NaiveGemmF(), tile, false,
+                                    chunk_rows);
+        CHECK(e.empty(), "%s", e.c_str());
+        size_t differ = 0;
+        for (size_t i = 0; i < want.size(); ++i) differ += std::memcmp(&chunked[i], &own[i], sizeof(float)) != 0;
+        CHECK(differ == 0, "O=%lld tile %lld, chunks of %lld rows: %zu of %zu outputs differ from the default chunks",
+              static_cast<long long>(s.o), static_cast<long long>(tile), static_cast<long long>(chunk_rows), differ,
+              want.size());
+      }
     }
   }
+  check_nonfinite_input_pixels();
   d3d::cpu::force_cpu_isa(before);
   return true;
 }
@@ -442,5 +521,9 @@ int main(int argc, char** argv) {
   test_fused_forward_against_reference_forward();
   test_own_fp32_gemm_against_reference_forward(d3d::cpu::CpuIsa::avx2);
   test_own_fp32_gemm_against_reference_forward(d3d::cpu::CpuIsa::avx512);
+  const d3d::cpu::CpuIsa before = d3d::cpu::cpu_isa();
+  d3d::cpu::force_cpu_isa(d3d::cpu::CpuIsa::generic);  // the scalar sampler and the host's GEMM
+  check_nonfinite_input_pixels();
+  d3d::cpu::force_cpu_isa(before);
   return d3d_test::report();
 }
