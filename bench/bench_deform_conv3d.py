@@ -20,13 +20,12 @@ import argparse
 import json
 import os
 import platform
-import time
 from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timing import median_times
+from timing import interleaved_median_times, median_times
 
 
 def _ort_session(w: np.ndarray, b: np.ndarray, threads: int):
@@ -58,13 +57,14 @@ def _ort_session(w: np.ndarray, b: np.ndarray, threads: int):
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("d3d", 1)])
-    return create_session(model, threads=threads)
+    return create_session(model, threads=threads, allow_spinning=False)  # timed interleaved with others
 
 
 def _deformconv19_session(w2: np.ndarray, b: np.ndarray, threads: int):
     """ONNX Runtime's built-in DeformConv (opset 19), one 3x3 node: x [N, C, H, W], offset [N, 18, H, W]."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
+
+    from d3d.runtime.ort import create_session
 
     node = helper.make_node("DeformConv", ["x", "w", "offset", "b"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
     graph = helper.make_graph(
@@ -78,10 +78,10 @@ def _deformconv19_session(w2: np.ndarray, b: np.ndarray, threads: int):
         [numpy_helper.from_array(w2, "w"), numpy_helper.from_array(b, "b")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    # Without spinning, ONNX Runtime's pool threads do not take a core from the call timed next (our
+    # op): measured 2026-12-04 on 2 cores, ours 133 ms beside a spinning session, 94 ms beside this one;
+    # ONNX Runtime's own time 146 vs 142 ms.
+    return create_session(model, threads=threads, allow_spinning=False)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -132,14 +132,12 @@ def main() -> None:
         off = torch.randn(1, 27 * 2, args.frames, h, wd)
         kw = dict(padding=1, deform_dims="HW")
         row = {"lr": [h, wd]}
+        fns = {"torch_op": partial(deform_conv3d, x, off, w, b, **kw), "conv3d": partial(F.conv3d, x, w, b, padding=1)}
+        if sess is not None:
+            fns["ort_op"] = partial(sess.run, None, {"x": x.numpy(), "offset": off.numpy()})
         with torch.no_grad():
-            row["torch_op_s"], row["torch_op_cpu_s"] = median_times(
-                partial(deform_conv3d, x, off, w, b, **kw), args.repeat
-            )
-            row["conv3d_s"], row["conv3d_cpu_s"] = median_times(partial(F.conv3d, x, w, b, padding=1), args.repeat)
-            if sess is not None:
-                feed = {"x": x.numpy(), "offset": off.numpy()}
-                row["ort_op_s"], row["ort_op_cpu_s"] = median_times(partial(sess.run, None, feed), args.repeat)
+            for name, (wall, cpu) in interleaved_median_times(fns, args.repeat).items():
+                row[f"{name}_s"], row[f"{name}_cpu_s"] = wall, cpu
             if args.reference:
                 ref = partial(deform_conv3d_reference, x, off, w, b, **kw)
                 row["reference_s"] = median_times(ref, max(1, args.repeat // 2))[0]
@@ -183,18 +181,13 @@ def _bench_2d(args, w: torch.Tensor, b: torch.Tensor, threads: int, deform_conv3
         off = torch.randn(1, 18, t, h, wd)
         x2 = x[0].transpose(0, 1).contiguous().numpy()  # [T, C, H, W]
         off2 = off[0].transpose(0, 1).contiguous().numpy()
-        ours = partial(deform_conv3d, x, off, w2[:, :, None], b, padding=(0, 1, 1), deform_dims="HW")
-        feed = {"x": x2, "offset": off2}
-        ort_run = partial(sess.run, None, feed)
+        fns = {
+            "ours": partial(deform_conv3d, x, off, w2[:, :, None], b, padding=(0, 1, 1), deform_dims="HW"),
+            "ort_deformconv": partial(sess.run, None, {"x": x2, "offset": off2}),
+        }
         with torch.no_grad():
-            ours(), ort_run()  # warm-up
-            t_ours, t_ort = [], []
-            for _ in range(args.repeat):  # A/B interleaved: the shared machine's load hits both alike
-                for fn, times in ((ours, t_ours), (ort_run, t_ort)):
-                    t0 = time.perf_counter()
-                    fn()
-                    times.append(time.perf_counter() - t0)
-        row = {"lr": [h, wd], "ours_s": float(np.median(t_ours)), "ort_deformconv_s": float(np.median(t_ort))}
+            times = interleaved_median_times(fns, args.repeat)
+        row = {"lr": [h, wd], "ours_s": times["ours"][0], "ort_deformconv_s": times["ort_deformconv"][0]}
         print(
             f"{'':35} {h}x{wd:<5} {row['ours_s'] * 1e3:10.1f} {row['ort_deformconv_s'] * 1e3:18.1f} "
             f"{row['ort_deformconv_s'] / row['ours_s']:8.2f}x"

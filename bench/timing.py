@@ -11,14 +11,27 @@ from collections.abc import Callable
 def median_times(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
     """Median wall time and median process CPU time of ``fn`` over ``repeat`` calls after a warm-up (on a
     shared machine CPU time moves less with the other load than wall time does)."""
-    fn()  # warm-up
-    wall, cpu = [], []
-    for _ in range(repeat):
-        t0, c0 = time.perf_counter(), time.process_time()
+    return interleaved_median_times({"fn": fn}, repeat)["fn"]
+
+
+def interleaved_median_times(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, tuple[float, float]]:
+    """Median wall and process CPU time of each of ``fns`` over ``repeat`` rounds that call every one in
+    turn, after one warm-up each: a shared machine's drifting load then hits all of them alike, where
+    blocks of calls one function after another would put the drift into the ratios. Each round starts
+    one function later, so no function always runs right after the same other one."""
+    for fn in fns.values():
         fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return statistics.median(wall), statistics.median(cpu)
+    names = list(fns)
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(repeat):
+        for i in range(len(names)):
+            k = names[(r + i) % len(names)]
+            t0, c0 = time.perf_counter(), time.process_time()
+            fns[k]()
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in fns}
 
 
 def cpu_description() -> str:

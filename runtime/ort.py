@@ -30,14 +30,21 @@ def ops_library() -> Path:
 
 
 def create_session(
-    proto: onnx.ModelProto, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None
+    proto: onnx.ModelProto,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    threads: int | None = None,
+    allow_spinning: bool = True,
 ):
-    """An ``onnxruntime.InferenceSession`` for either flavour of a d3d model."""
+    """An ``onnxruntime.InferenceSession`` for either flavour of a d3d model. ``allow_spinning=False`` stops
+    the pool threads spinning on after a run, where they would take cores from whatever runs next (the
+    benchmarks' side-by-side timings)."""
     import onnxruntime as ort
 
     check_cpu_precision(proto, providers)
     custom_ops = any(n.domain == DOMAIN for n in proto.graph.node)
     options = _session_options(custom_ops, threads)
+    if not allow_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(proto.SerializeToString(), options, providers=list(providers))
     except Exception as exc:
