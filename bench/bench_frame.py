@@ -1,6 +1,9 @@
 """One output frame of the paper's D3Dnet on the CPU, side by side in one run: the PyTorch model, the
 same model with each deformable convolution run as a plain ``conv3d`` (its "dense twin": the offset
-convolutions still run, their output is dropped), and the custom-op ONNX export in ONNX Runtime.
+convolutions still run, their output is dropped), and the custom-op ONNX export in ONNX Runtime,
+called in turn round after round (bench/timing.py::interleaved_median_times), so the machine's drift
+hits the three alike. The ONNX Runtime session's pool threads do not spin after a run (they would take
+a core from the next call); d3d upscale's sessions keep ONNX Runtime's default.
 
     python bench/bench_frame.py [--size 68x160] [--repeat 3] [--offset-std 0.15] [--json out.json]
         [--breakdown]
@@ -18,6 +21,7 @@ Not a test: figures depend on the machine.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -27,7 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timing import median_times
+from timing import interleaved_median_times
 
 
 def _breakdown(model, packs, x, repeat: int) -> dict:
@@ -97,25 +101,28 @@ def main() -> None:
         model(x)
         hook.remove()
         row["mean_abs_offset_px_first_layer"] = seen[0]
-        row["pytorch_s"], row["pytorch_cpu_s"] = median_times(lambda: model(x), args.repeat)
         if args.breakdown:
             row["breakdown"] = _breakdown(model, packs, x, args.repeat)
-        for m in packs:
-            m.forward = _dense_forward.__get__(m)
-        row["dense_twin_s"], row["dense_twin_cpu_s"] = median_times(lambda: model(x), args.repeat)
-        for m in packs:
-            del m.forward
-    if not args.no_ort:
-        from d3d.export import ExportOptions, export_onnx, load_model
-        from d3d.runtime.ort import create_session
+        twin = copy.deepcopy(model)
+        for m in twin.modules():
+            if isinstance(m, DeformConv3dPack):
+                m.forward = _dense_forward.__get__(m)
+        fns = {"pytorch": lambda: model(x), "dense_twin": lambda: twin(x)}
+        if not args.no_ort:
+            from d3d.export import ExportOptions, export_onnx, load_model
+            from d3d.runtime.ort import create_session
 
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "d3dnet.onnx"
-            export_onnx(model, path, ExportOptions())
-            sess = create_session(load_model(path), threads=torch.get_num_threads())
-        feed = {sess.get_inputs()[0].name: x.numpy()}
-        row["onnxruntime_s"], row["onnxruntime_cpu_s"] = median_times(lambda: sess.run(None, feed), args.repeat)
+            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "d3dnet.onnx"
+                export_onnx(model, path, ExportOptions())
+                # no spinning pool threads after a run: they would take a core from the next timed call
+                sess = create_session(load_model(path), threads=torch.get_num_threads(), allow_spinning=False)
+            feed = {sess.get_inputs()[0].name: x.numpy()}
+            fns["onnxruntime"] = lambda: sess.run(None, feed)
+        # called in turn, round after round: the machine's drift hits all of them alike
+        for name, (wall, cpu) in interleaved_median_times(fns, args.repeat).items():
+            row[f"{name}_s"], row[f"{name}_cpu_s"] = wall, cpu
     print(f"LR {h}x{w}, {row['threads']} threads, load average {row['load_avg']:.2f} at start")
     print(cpu_kernel_summary())
     print(f"mean |offset| of the first deformable layer: {row['mean_abs_offset_px_first_layer']:.2f} px")
