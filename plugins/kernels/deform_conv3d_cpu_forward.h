@@ -53,10 +53,21 @@ constexpr int64_t kTilePositions = 160;
 // on AVX2 (2026-12-04, docs/PERFORMANCE.md); 576 was fastest, 5-6 % ahead of no chunks.
 constexpr int64_t kChunkRows = 576;
 
+// Cache-line alignment of the buffers the vector code streams through: a 64-byte vector at an address
+// that is not a multiple of 64 touches two cache lines (glibc's large allocations start 16 bytes past
+// a page). kAlignSlack elements of any type cover one such shift.
+constexpr size_t kAlignBytes = 64;
+constexpr int64_t kAlignSlack = 64;
+template <typename T>
+T* align_up(T* p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  return reinterpret_cast<T*>((a + kAlignBytes - 1) & ~uintptr_t(kAlignBytes - 1));
+}
+
 // Elements of scratch the caller provides to forward_fused(): the channels-last input of one batch item
-// and the packed weight.
+// and the packed weight, each aligned to a cache line inside it.
 inline int64_t forward_scratch_elems(const DeformConv3dShape& s) {
-  return s.c * s.in_spatial() + s.o * (s.c / s.group) * s.taps();
+  return s.c * s.in_spatial() + s.o * (s.c / s.group) * s.taps() + 2 * kAlignSlack;
 }
 
 // The corners of one sampling point that carry weight, as pointers into a channels-last volume.
@@ -279,12 +290,12 @@ inline void store_tile(const float* acc, int64_t nt, int64_t G, int64_t opg, con
     }
 }
 
-// A per-thread tile buffer, kept between calls (its size is bounded by one tile).
+// A per-thread tile buffer, kept between calls (its size is bounded by one tile), cache-line aligned.
 template <typename scalar_t>
 scalar_t* tile_buffer(size_t elems) {
   thread_local std::vector<scalar_t> buf;
-  if (buf.size() < elems) buf.resize(elems);
-  return buf.data();
+  if (buf.size() < elems + kAlignSlack) buf.resize(elems + kAlignSlack);
+  return align_up(buf.data());
 }
 
 // y = deform_conv3d(x, offset, weight) + bias, all contiguous NCTHW, bias may be null.
@@ -308,8 +319,8 @@ std::string forward_fused(const DeformConv3dShape& s, const scalar_t* x, const s
   const CpuIsa isa = cpu_isa();  // once: every tile of this call takes the same path
   bool own_gemm = false;
   if constexpr (std::is_same<scalar_t, float>::value) own_gemm = !host_gemm && own_gemm_applies(opg, isa);
-  scalar_t* x_cl = scratch;
-  scalar_t* wp = scratch + s.c * V;
+  scalar_t* x_cl = align_up(scratch);
+  scalar_t* wp = align_up(x_cl + s.c * V);
   if (own_gemm) {
     // Weight [O, C/G, K] -> [G, K, C/G, O/G]: per group, one row of output channels per column row.
     for (int64_t g = 0; g < G; ++g)
