@@ -100,7 +100,8 @@ def deform_conv3d_reference(
             weight_c = weight_c * (frac[a] if corner[a] else 1 - frac[a])
         flat = (idx[0].clamp(0, t - 1) * h + idx[1].clamp(0, h - 1)) * w + idx[2].clamp(0, w - 1)
         flat = flat.reshape(n, offset_groups, 1, -1).expand(-1, -1, cpg, -1)
-        scale = (weight_c * ok).reshape(n, offset_groups, 1, -1)
+        # where, not a product: a NaN/Inf position is outside (ok false) and its NaN weight must not pass
+        scale = torch.where(ok, weight_c, torch.zeros_like(weight_c)).reshape(n, offset_groups, 1, -1)
         # a corner without weight adds nothing, not 0 * a non-finite pixel (docs/deform_conv3d_spec.md)
         contribution = volume.gather(3, flat) * scale
         sampled = sampled + torch.where(scale != 0, contribution, torch.zeros_like(contribution))

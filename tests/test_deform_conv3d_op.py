@@ -169,6 +169,38 @@ def test_nonfinite_input_reaches_only_the_samples_that_interpolate_it(cpu_path, 
     torch.testing.assert_close(got[finite], want[finite], atol=3e-5, rtol=0)
 
 
+@pytest.mark.parametrize("dtype,tiny", [(torch.float32, 1e-30), (torch.float64, 1e-200)])
+def test_corner_whose_weight_underflows_to_zero_adds_nothing(cpu_path, dtype, tiny):
+    """Offsets of `tiny` pixels in H and W put weights of ~tiny**2 = 0 (underflow) on the corners beyond
+    an Inf pixel: those corners carry no weight, so the output stays finite, as in the reference (the
+    scalar sampler once tested each axis' fraction and kept the underflowed product: 0 * Inf = NaN)."""
+    x = torch.ones(1, 16, 1, 4, 4, dtype=dtype)
+    x[0, :, 0, 1, 1] = float("inf")
+    w = torch.ones(4, 16, 1, 1, 1, dtype=dtype)
+    off = torch.zeros(1, 2, 1, 4, 4, dtype=dtype)
+    off[0, :, 0, 0, 0] = tiny  # position (0, 0) samples at (tiny, tiny): pixel (1, 1) gets weight tiny**2
+    kw = dict(deform_dims="HW")
+    want = deform_conv3d_reference(x, off, w, None, **kw)
+    got = deform_conv3d(x, off, w, None, **kw)
+    assert bool(torch.isfinite(want[..., 0, 0]).all())  # (1, 1) itself samples the Inf pixel: Inf there
+    torch.testing.assert_close(got, want)  # Inf where the reference has Inf, equal elsewhere
+
+
+def test_nonfinite_offsets_sample_zero_in_op_and_reference(cpu_path, gen):
+    """A NaN or infinite offset puts the tap outside the volume: it samples 0 in the op on each CPU path
+    and in the reference alike (the reference once let NaN * 0 through as NaN)."""
+    size = (2, 5, 6)
+    x = torch.randn(1, 8, *size, generator=gen, dtype=torch.float64)
+    w = torch.randn(16, 8, 3, 3, 3, generator=gen, dtype=torch.float64) / 20.0
+    off = (torch.randn(1, 2 * 27, *size, generator=gen, dtype=torch.float64) * 8).round() / 8
+    off[0, 0, 0, 1, 1], off[0, 3, 1, 2, 4], off[0, 10, 0, 4, 0] = float("nan"), float("inf"), float("-inf")
+    kw = dict(padding=1, deform_dims="HW")
+    want = deform_conv3d_reference(x, off, w, None, **kw)
+    got = deform_conv3d(x.float(), off.float(), w.float(), None, **kw).double()
+    assert bool(torch.isfinite(want).all())
+    torch.testing.assert_close(got, want, atol=3e-5, rtol=0)
+
+
 def test_unknown_cpu_path_is_refused(native):
     from d3d.ops import force_cpu_isa
 

@@ -98,9 +98,10 @@ D3D_ALWAYS_INLINE void locate_corners(int64_t T, int64_t H, int64_t W, acc_t t, 
     for (int b = 0; b < 2; ++b) {
       if (!vh[b] || wh[b] == acc_t(0)) continue;
       for (int c = 0; c < 2; ++c) {
-        if (!vw[c] || ww[c] == acc_t(0)) continue;
+        const acc_t wc = wt[a] * wh[b] * ww[c];
+        if (!vw[c] || wc == acc_t(0)) continue;  // the product: tiny fractions can underflow to 0
         out.src[out.n] = vol_cl + (((t0 + a) * H + h0 + b) * W + w0 + c) * ldc;
-        out.w[out.n] = wt[a] * wh[b] * ww[c];
+        out.w[out.n] = wc;
         ++out.n;
       }
     }

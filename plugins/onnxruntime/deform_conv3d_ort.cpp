@@ -263,15 +263,17 @@ OrtStatus* compute_cpu(OrtKernelContext* ctx, const Problem& p) {
   if (OrtStatus* st = g_api->KernelContext_GetInput(ctx, 0, &x)) return st;
   const OrtMemoryInfo* memory = nullptr;  // owned by the tensor, not released here
   if (OrtStatus* st = g_api->GetTensorMemoryInfo(x, &memory)) return st;
-  OrtAllocator* allocator = nullptr;
-  if (OrtStatus* st = g_api->KernelContext_GetAllocator(ctx, memory, &allocator)) return st;
-  float* scratch = static_cast<float*>(allocator->Alloc(allocator, bytes));
-  std::string err = scratch == nullptr
-                        ? "out of memory for the channels-last input copy (" + std::to_string(bytes) + " bytes)"
-                        : cpu::forward_fused(s, p.x, p.offset, p.weight, p.bias, p.y, scratch, OrtFor{ctx},
-                                             cpu::OpenBlasGemm{b.sgemm});
-  if (scratch != nullptr) allocator->Free(allocator, scratch);
-  g_api->ReleaseAllocator(allocator);
+  OrtAllocator* raw = nullptr;
+  if (OrtStatus* st = g_api->KernelContext_GetAllocator(ctx, memory, &raw)) return st;
+  // Released and freed also when Alloc throws (ONNX Runtime's arena reports out of memory that way).
+  auto release = [](OrtAllocator* a) { g_api->ReleaseAllocator(a); };
+  std::unique_ptr<OrtAllocator, decltype(release)> allocator(raw, release);
+  auto free_block = [&allocator](void* ptr) { allocator->Free(allocator.get(), ptr); };
+  std::unique_ptr<void, decltype(free_block)> block(allocator->Alloc(allocator.get(), bytes), free_block);
+  if (!block)
+    return fail(ORT_FAIL, "out of memory for the channels-last input copy (" + std::to_string(bytes) + " bytes)");
+  const std::string err = cpu::forward_fused(s, p.x, p.offset, p.weight, p.bias, p.y, static_cast<float*>(block.get()),
+                                             OrtFor{ctx}, cpu::OpenBlasGemm{b.sgemm});
   if (!err.empty()) return fail(ORT_FAIL, err);
   if (p.y_half != nullptr) narrow(p.y_wide, p.y_half);
   return nullptr;
