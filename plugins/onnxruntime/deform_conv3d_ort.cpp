@@ -259,21 +259,13 @@ OrtStatus* compute_cpu(OrtKernelContext* ctx, const Problem& p) {
   b.set_threads(1);  // again: another user of this OpenBLAS in the process may have changed it
   const DeformConv3dShape& s = p.shape;
   const size_t bytes = sizeof(float) * static_cast<size_t>(cpu::forward_scratch_elems(s));
-  const OrtValue* x = nullptr;
-  if (OrtStatus* st = g_api->KernelContext_GetInput(ctx, 0, &x)) return st;
-  const OrtMemoryInfo* memory = nullptr;  // owned by the tensor, not released here
-  if (OrtStatus* st = g_api->GetTensorMemoryInfo(x, &memory)) return st;
-  OrtAllocator* raw = nullptr;
-  if (OrtStatus* st = g_api->KernelContext_GetAllocator(ctx, memory, &raw)) return st;
-  // Released and freed also when Alloc throws (ONNX Runtime's arena reports out of memory that way).
-  auto release = [](OrtAllocator* a) { g_api->ReleaseAllocator(a); };
-  std::unique_ptr<OrtAllocator, decltype(release)> allocator(raw, release);
-  auto free_block = [&allocator](void* ptr) { allocator->Free(allocator.get(), ptr); };
-  std::unique_ptr<void, decltype(free_block)> block(allocator->Alloc(allocator.get(), bytes), free_block);
-  if (!block)
+  ProviderScratch scratch(g_api);
+  if (OrtStatus* st = scratch.take(ctx, bytes)) return st;
+  if (scratch.data() == nullptr)
     return fail(ORT_FAIL, "out of memory for the channels-last input copy (" + std::to_string(bytes) + " bytes)");
-  const std::string err = cpu::forward_fused(s, p.x, p.offset, p.weight, p.bias, p.y, static_cast<float*>(block.get()),
-                                             OrtFor{ctx}, cpu::OpenBlasGemm{b.sgemm});
+  const std::string err =
+      cpu::forward_fused(s, p.x, p.offset, p.weight, p.bias, p.y, static_cast<float*>(scratch.data()), OrtFor{ctx},
+                         cpu::OpenBlasGemm{b.sgemm});
   if (!err.empty()) return fail(ORT_FAIL, err);
   if (p.y_half != nullptr) narrow(p.y_wide, p.y_half);
   return nullptr;

@@ -30,6 +30,37 @@ struct Problem {
   size_t y_count = 0;
 };
 
+// Scratch memory from the allocator of the execution provider that holds input X (the CPU arena, or the
+// CUDA provider's stream-ordered one), which keeps the block between runs; the block is freed and the
+// allocator released when this goes out of scope, also when Alloc throws (how ONNX Runtime's arena
+// reports running out of memory).
+class ProviderScratch {
+ public:
+  explicit ProviderScratch(const OrtApi* api) : api_(api) {}
+  ProviderScratch(const ProviderScratch&) = delete;
+  ProviderScratch& operator=(const ProviderScratch&) = delete;
+  ~ProviderScratch() {
+    if (ptr_ != nullptr) allocator_->Free(allocator_, ptr_);
+    if (allocator_ != nullptr) api_->ReleaseAllocator(allocator_);
+  }
+  // Takes `bytes`: an error status, or nullptr with data() == nullptr where the allocator refused.
+  OrtStatus* take(OrtKernelContext* ctx, size_t bytes) {
+    const OrtValue* x = nullptr;
+    if (OrtStatus* st = api_->KernelContext_GetInput(ctx, 0, &x)) return st;
+    const OrtMemoryInfo* memory = nullptr;  // owned by the tensor, not released here
+    if (OrtStatus* st = api_->GetTensorMemoryInfo(x, &memory)) return st;
+    if (OrtStatus* st = api_->KernelContext_GetAllocator(ctx, memory, &allocator_)) return st;
+    ptr_ = allocator_->Alloc(allocator_, bytes);
+    return nullptr;
+  }
+  void* data() const { return ptr_; }
+
+ private:
+  const OrtApi* api_;
+  OrtAllocator* allocator_ = nullptr;
+  void* ptr_ = nullptr;
+};
+
 // Reads and checks the inputs of a DeformConv3d node and allocates its output. Returns nullptr or the
 // error as an OrtStatus (ORT_INVALID_ARGUMENT for bad shapes or types).
 OrtStatus* prepare(const OrtApi* api, OrtKernelContext* ctx, const DeformConv3dAttrs& attrs, Problem* p);

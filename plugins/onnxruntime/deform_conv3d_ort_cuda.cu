@@ -29,26 +29,15 @@ OrtStatus* compute_cuda(const OrtApi* api, OrtKernelContext* ctx, const Problem&
   const DeformConv3dShape& s = p.shape;
   const size_t ws_bytes = sizeof(float) * static_cast<size_t>(s.col_rows() * col_chunk(s, kMaxColElems));
 
-  const OrtValue* x = nullptr;
-  if (OrtStatus* st = api->KernelContext_GetInput(ctx, 0, &x)) return st;
-  const OrtMemoryInfo* device_memory = nullptr;  // owned by the tensor, not released here
-  if (OrtStatus* st = api->GetTensorMemoryInfo(x, &device_memory)) return st;
-  OrtAllocator* allocator = nullptr;
-  if (OrtStatus* st = api->KernelContext_GetAllocator(ctx, device_memory, &allocator)) return st;
-  void* ws = allocator->Alloc(allocator, ws_bytes);
-  OrtStatus* status = nullptr;
-  if (ws == nullptr) {
-    status = api->CreateStatus(ORT_FAIL, (std::string(kOpType) + ": the CUDA provider's allocator refused " +
-                                          std::to_string(ws_bytes) + " bytes for the column buffer")
-                                             .c_str());
-  } else {
-    const cudaError_t e =
-        cuda::forward<float>(s, p.x, p.offset, p.weight, p.bias, p.y, static_cast<float*>(ws), kMaxColElems, stream);
-    allocator->Free(allocator, ws);
-    if (e != cudaSuccess) status = cuda_error(api, e);
-  }
-  api->ReleaseAllocator(allocator);
-  return status;
+  ProviderScratch ws(api);
+  if (OrtStatus* st = ws.take(ctx, ws_bytes)) return st;
+  if (ws.data() == nullptr)
+    return api->CreateStatus(ORT_FAIL, (std::string(kOpType) + ": the CUDA provider's allocator refused " +
+                                        std::to_string(ws_bytes) + " bytes for the column buffer")
+                                           .c_str());
+  const cudaError_t e = cuda::forward<float>(s, p.x, p.offset, p.weight, p.bias, p.y, static_cast<float*>(ws.data()),
+                                             kMaxColElems, stream);
+  return e == cudaSuccess ? nullptr : cuda_error(api, e);
 }
 
 }  // namespace ort
