@@ -1,6 +1,8 @@
 // Where the time of the fused CPU forward goes, at D3Dnet's layer shape (64 -> 64, 3x3x3, T = 7,
-// deform_dims "HW", random offsets): the whole forward with the kernel's own GEMM and with OpenBLAS's,
-// the sampling alone (GEMM skipped), and each GEMM alone (sampling skipped), each the median of 5 runs.
+// deform_dims "HW", random offsets): the whole forward with the kernel's own GEMM (its chunks as a
+// pipeline, the next chunk gathered inside the GEMM, and one after the other; the two called in turn,
+// 9 runs each) and with OpenBLAS's, the sampling alone (GEMM skipped), and each GEMM alone (sampling
+// skipped), each the median of 5 runs.
 //   build/bench/profile_cpu_forward [H W] [threads] [tile]
 // Built by CMake next to the ONNX Runtime library (it links the same OpenBLAS).
 #include <algorithm>
@@ -101,9 +103,9 @@ int main(int argc, char** argv) {
   const ThreadFor par{threads};
   const int64_t L = s.out_spatial(), R = s.col_rows(), ntiles = (L + tile - 1) / tile;
   // The whole forward, with the kernel's own GEMM (where the CPU has one) or the host's (OpenBLAS).
-  auto forward = [&](auto gemm, bool host_gemm) {
+  auto forward = [&](auto gemm, bool host_gemm, bool pipeline = true) {
     d3d::cpu::forward_fused(s, x.data(), off.data(), w.data(), b.data(), y.data(), scratch.data(), par, gemm, tile,
-                            host_gemm);
+                            host_gemm, d3d::cpu::kChunkRows, pipeline);
   };
   // The GEMMs of every tile on a fixed column block (no sampling): the own GEMM in the forward's chunks
   // of taps, OpenBLAS over all of them.
@@ -125,6 +127,16 @@ int main(int argc, char** argv) {
       }
     });
   };
+  // The pipelined and the plain chunk loop in turn, so that a drift of the machine meets both.
+  std::vector<double> piped, plain;
+  forward(BlasGemm{}, false, true);
+  forward(BlasGemm{}, false, false);
+  for (int i = 0; i < 9; ++i) {
+    piped.push_back(median_ms([&] { forward(BlasGemm{}, false, true); }, 1).first);
+    plain.push_back(median_ms([&] { forward(BlasGemm{}, false, false); }, 1).first);
+  }
+  std::sort(piped.begin(), piped.end());
+  std::sort(plain.begin(), plain.end());
   const auto full = median_ms([&] { forward(BlasGemm{}, false); }, repeat);
   const auto full_host = median_ms([&] { forward(BlasGemm{}, true); }, repeat);
   const auto sample = median_ms([&] { forward(NoGemm{}, true); }, repeat);
@@ -134,11 +146,12 @@ int main(int argc, char** argv) {
   std::printf(
       "%lldx%lld, %d threads, tile %lld, kernel path %s (D3D_CPU_ISA), OpenBLAS core %s; wall (CPU) ms:\n"
       "  forward %.1f (%.1f) | forward with OpenBLAS %.1f (%.1f) | sampling alone %.1f (%.1f)\n"
+      "  own GEMM, chunks pipelined vs one after the other, in turn: median %.1f vs %.1f (min %.1f vs %.1f)\n"
       "  own GEMMs alone %.1f (%.1f), %.0f GFLOP/s per thread | OpenBLAS GEMMs alone %.1f (%.1f), %.0f GFLOP/s per "
       "thread\n",
       (long long)H, (long long)W, threads, (long long)tile, d3d::cpu::cpu_isa_name(d3d::cpu::cpu_isa()),
       scipy_openblas_get_corename(), full.first, full.second, full_host.first, full_host.second, sample.first,
-      sample.second, own.first, own.second, gflop / own.second * 1e3, host.first, host.second,
-      gflop / host.second * 1e3);
+      sample.second, piped[piped.size() / 2], plain[plain.size() / 2], piped.front(), plain.front(), own.first,
+      own.second, gflop / own.second * 1e3, host.first, host.second, gflop / host.second * 1e3);
   return 0;
 }

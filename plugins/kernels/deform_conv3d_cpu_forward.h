@@ -36,11 +36,6 @@
 #else
 #define D3D_CPU_CLONES
 #endif
-#if defined(__GNUC__)
-#define D3D_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define D3D_ALWAYS_INLINE inline
-#endif
 
 namespace d3d {
 namespace cpu {
@@ -65,10 +60,35 @@ T* align_up(T* p) {
 }
 
 // Elements of scratch the caller provides to forward_fused(): the channels-last input of one batch item
-// and the packed weight, each aligned to a cache line inside it.
+// with a row of C zeros after it (read for a corner without weight), and the packed weight, each
+// aligned to a cache line inside it.
 inline int64_t forward_scratch_elems(const DeformConv3dShape& s) {
-  return s.c * s.in_spatial() + s.o * (s.c / s.group) * s.taps() + 2 * kAlignSlack;
+  return s.c * (s.in_spatial() + 1) + s.o * (s.c / s.group) * s.taps() + 2 * kAlignSlack;
 }
+
+// The located taps of a chunk for the vector sampler, one plane per corner (00, 01, 10, 11 in (h, w)):
+// px[q][i] the corner's pixel in x_cl (the row of zeros where it has no weight), w[q][i] its weight.
+// Tap (k, j) of a chunk is at i = (k - k0) * stride + j; stride is the tile rounded up to a whole
+// number of the widest vectors, so that the sampler stores whole vectors.
+struct LocatedTaps {
+  static constexpr int64_t kMaxLanes = 16;
+  int32_t* px[4];
+  float* w[4];
+  int64_t stride = 0;
+  static int64_t elems(int64_t tile, int64_t kc) { return 8 * kc * stride_for(tile); }
+  static int64_t stride_for(int64_t tile) { return (tile + kMaxLanes - 1) / kMaxLanes * kMaxLanes; }
+  // Planes laid out in buf (elems(tile, kc) 32-bit elements, cache-line aligned).
+  static LocatedTaps in(float* buf, int64_t tile, int64_t kc) {
+    LocatedTaps t;
+    t.stride = stride_for(tile);
+    const int64_t plane = kc * t.stride;
+    for (int q = 0; q < 4; ++q) {
+      t.px[q] = reinterpret_cast<int32_t*>(buf + q * plane);
+      t.w[q] = buf + (4 + q) * plane;
+    }
+    return t;
+  }
+};
 
 // The corners of one sampling point that carry weight, as pointers into a channels-last volume.
 template <typename scalar_t>
@@ -205,6 +225,18 @@ D3D_ALWAYS_INLINE void sample_tile_impl(const DeformConv3dShape& s, const scalar
   }
 }
 
+// y[(g*opg + o)*L + j] = acc[g, j, o] + bias[g*opg + o] for j < nt: the own GEMM's position-major
+// accumulators into the channel-major output.
+inline void store_tile(const float* acc, int64_t nt, int64_t G, int64_t opg, const float* bias, float* y, int64_t L) {
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t o = 0; o < opg; ++o) {
+      const float b = bias != nullptr ? bias[g * opg + o] : 0.0f;
+      const float* a = acc + g * nt * opg + o;
+      float* yo = y + (g * opg + o) * L;
+      for (int64_t j = 0; j < nt; ++j) yo[j] = a[j * opg] + b;
+    }
+}
+
 #ifdef D3D_AVX2_GEMM
 // The vector sampler, once per instruction set, with the Isa of deform_conv3d_cpu_gemm.h.
 // GCC 12 flags the intrinsics' own _mm512_undefined_* operands as maybe-uninitialized (a false positive).
@@ -232,12 +264,22 @@ inline bool hw_sampler_applies(const DeformConv3dShape& s, CpuIsa isa) {
          s.in_spatial() < (int64_t(1) << 31);
 }
 
-// The tile's sampler on path `isa`; zeros: C zeros, read in place of a corner that carries no weight
-// (by the vector sampler, so that an Inf or NaN pixel there does not become 0 * Inf = NaN).
+// Whether forward_tiles_pipelined applies (with the own GEMM): the vector sampler's whole-vector case.
+inline bool pipeline_applies(const DeformConv3dShape& s, CpuIsa isa) {
+  const int64_t lanes = isa == CpuIsa::avx512 ? 16 : 8;
+  return hw_sampler_applies(s, isa) && s.group == 1 && s.offset_group == 1 && s.c % lanes == 0 && s.o % lanes == 0;
+}
+
+// Floats of a thread's pipeline buffer: two column chunks, the accumulators and the located taps.
+inline int64_t pipeline_buffer_elems(const DeformConv3dShape& s, int64_t tile, int64_t kc) {
+  return 2 * tile * s.c * kc + tile * s.o + LocatedTaps::elems(tile, kc);
+}
+
+// The tile's sampler on path `isa` (x_cl with its row of zeros after the volume).
 template <typename scalar_t>
 inline void sample_tile(CpuIsa isa, const DeformConv3dShape& s, const scalar_t* x_cl, const scalar_t* offset_n,
-                        int64_t l0, int64_t nt, int64_t k0, int64_t k1, const scalar_t* zeros, scalar_t* colT) {
-  (void)isa, (void)zeros;
+                        int64_t l0, int64_t nt, int64_t k0, int64_t k1, scalar_t* colT) {
+  (void)isa;
   sample_tile_impl(s, x_cl, offset_n, l0, nt, k0, k1, colT);
 }
 
@@ -248,14 +290,14 @@ D3D_CPU_CLONES inline void sample_tile_f32(const DeformConv3dShape& s, const flo
 }
 template <>
 inline void sample_tile<float>(CpuIsa isa, const DeformConv3dShape& s, const float* x_cl, const float* offset_n,
-                               int64_t l0, int64_t nt, int64_t k0, int64_t k1, const float* zeros, float* colT) {
+                               int64_t l0, int64_t nt, int64_t k0, int64_t k1, float* colT) {
 #ifdef D3D_AVX2_GEMM
   if (hw_sampler_applies(s, isa)) {
-    if (isa == CpuIsa::avx512) return isa_avx512::sample_tile_hw(s, x_cl, offset_n, l0, nt, k0, k1, zeros, colT);
-    return isa_avx2::sample_tile_hw(s, x_cl, offset_n, l0, nt, k0, k1, zeros, colT);
+    if (isa == CpuIsa::avx512) return isa_avx512::sample_tile_hw(s, x_cl, offset_n, l0, nt, k0, k1, colT);
+    return isa_avx2::sample_tile_hw(s, x_cl, offset_n, l0, nt, k0, k1, colT);
   }
 #endif
-  (void)isa, (void)zeros;  // the vector sampler's, where there is one
+  (void)isa;
   sample_tile_f32(s, x_cl, offset_n, l0, nt, k0, k1, colT);
 }
 
@@ -279,18 +321,6 @@ void to_channels_last(const scalar_t* x_n, int64_t C, int64_t V, scalar_t* x_cl,
   });
 }
 
-// y[(g*opg + o)*L + j] = acc[g, j, o] + bias[g*opg + o] for j < nt: the own GEMM's position-major
-// accumulators into the channel-major output.
-inline void store_tile(const float* acc, int64_t nt, int64_t G, int64_t opg, const float* bias, float* y, int64_t L) {
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t o = 0; o < opg; ++o) {
-      const float b = bias != nullptr ? bias[g * opg + o] : 0.0f;
-      const float* a = acc + g * nt * opg + o;
-      float* yo = y + (g * opg + o) * L;
-      for (int64_t j = 0; j < nt; ++j) yo[j] = a[j * opg] + b;
-    }
-}
-
 // A per-thread tile buffer, kept between calls (its size is bounded by one tile), cache-line aligned.
 template <typename scalar_t>
 scalar_t* tile_buffer(size_t elems) {
@@ -307,12 +337,15 @@ scalar_t* tile_buffer(size_t elems) {
 //     calling thread (it is called from inside par). fp32 with output-channel groups of a multiple of
 //     the vector width on an AVX2 or AVX-512 path uses the kernel's own GEMM instead
 //     (deform_conv3d_cpu_gemm.h, cpu_isa()), unless host_gemm is set; that GEMM takes the taps in chunks
-//     of about chunk_rows column rows (the same sums in the same order whatever the chunk).
+//     of about chunk_rows column rows (the same sums in the same order whatever the chunk). Where the
+//     vector sampler applies too with one group and one offset group (D3Dnet's layer), the chunks run
+//     as a pipeline (forward_tiles_pipelined) unless `pipeline` is false: the same sums again.
 // Returns "" or the reason it failed (memory for the tile buffer); never throws.
 template <typename scalar_t, typename ParFor, typename Gemm>
 std::string forward_fused(const DeformConv3dShape& s, const scalar_t* x, const scalar_t* offset, const scalar_t* weight,
                           const scalar_t* bias, scalar_t* y, scalar_t* scratch, const ParFor& par, const Gemm& gemm,
-                          int64_t tile = kTilePositions, bool host_gemm = false, int64_t chunk_rows = kChunkRows) {
+                          int64_t tile = kTilePositions, bool host_gemm = false, int64_t chunk_rows = kChunkRows,
+                          bool pipeline = true) {
   using acc_t = typename AccType<scalar_t>::type;
   tile = std::max<int64_t>(1, std::min(tile, kTilePositions));
   const int64_t K = s.taps(), L = s.out_spatial(), V = s.in_spatial(), R = s.col_rows();
@@ -321,7 +354,7 @@ std::string forward_fused(const DeformConv3dShape& s, const scalar_t* x, const s
   bool own_gemm = false;
   if constexpr (std::is_same<scalar_t, float>::value) own_gemm = !host_gemm && own_gemm_applies(opg, isa);
   scalar_t* x_cl = align_up(scratch);
-  scalar_t* wp = align_up(x_cl + s.c * V);
+  scalar_t* wp = align_up(x_cl + s.c * (V + 1));
   if (own_gemm) {
     // Weight [O, C/G, K] -> [G, K, C/G, O/G]: per group, one row of output channels per column row.
     for (int64_t g = 0; g < G; ++g)
@@ -339,13 +372,15 @@ std::string forward_fused(const DeformConv3dShape& s, const scalar_t* x, const s
   // column chunk, the weight rows it meets and the accumulators stay in L1/L2 instead of a whole
   // tile's column block streaming through L3; the host's GEMM takes all taps at once.
   const int64_t kc = own_gemm ? chunk_taps(K, cpg, chunk_rows) : K;
-  // [column chunk | accumulators (own GEMM) | a row of C zeros]
+  pipeline = pipeline && own_gemm && pipeline_applies(s, isa);
+  // [column chunk | accumulators (own GEMM)], or the pipeline's buffers
   const int64_t chunk_elems = tile * s.c * kc, acc_elems = own_gemm ? tile * s.o : 0;
-  const int64_t tile_elems = chunk_elems + acc_elems + s.c;
+  const int64_t tile_elems = pipeline ? pipeline_buffer_elems(s, tile, kc) : chunk_elems + acc_elems;
   const int64_t ntiles = (L + tile - 1) / tile;
   std::atomic<bool> failed{false};
   for (int64_t n = 0; n < s.n; ++n) {
     to_channels_last(x + n * s.c * V, s.c, V, x_cl, par);
+    std::fill(x_cl + s.c * V, x_cl + s.c * (V + 1), scalar_t(0));
     const scalar_t* off_n = offset + n * s.offset_channels() * L;
     scalar_t* y_n = y + n * s.o * L;
     par(0, ntiles, [&](int64_t b, int64_t e) {
@@ -356,8 +391,18 @@ std::string forward_fused(const DeformConv3dShape& s, const scalar_t* x, const s
         failed = true;
         return;
       }
-      scalar_t* zeros = colT + chunk_elems + acc_elems;
-      std::fill(zeros, zeros + s.c, scalar_t(0));
+#ifdef D3D_AVX2_GEMM
+      if constexpr (std::is_same<scalar_t, float>::value) {
+        if (pipeline) {
+          if (isa == CpuIsa::avx512) {
+            isa_avx512::forward_tiles_pipelined(s, x_cl, off_n, wp, bias, y_n, tile, kc, b, e, colT);
+          } else {
+            isa_avx2::forward_tiles_pipelined(s, x_cl, off_n, wp, bias, y_n, tile, kc, b, e, colT);
+          }
+          return;
+        }
+      }
+#endif
       for (int64_t t = b; t < e; ++t) {
         const int64_t l0 = t * tile, nt = std::min(tile, L - l0);
         if constexpr (std::is_same<scalar_t, float>::value) {
@@ -365,7 +410,7 @@ std::string forward_fused(const DeformConv3dShape& s, const scalar_t* x, const s
             float* acc = colT + chunk_elems;  // [G, nt, O/G]
             for (int64_t k0 = 0; k0 < K; k0 += kc) {
               const int64_t k1 = std::min(K, k0 + kc), crows = (k1 - k0) * cpg;
-              sample_tile(isa, s, x_cl, off_n, l0, nt, k0, k1, zeros, colT);
+              sample_tile(isa, s, x_cl, off_n, l0, nt, k0, k1, colT);
               for (int64_t g = 0; g < G; ++g)
                 gemm_accumulate_f32(isa, nt, crows, colT + g * crows, s.c * (k1 - k0), wp + (g * rows + k0 * cpg) * opg,
                                     opg, acc + g * nt * opg, k0 > 0);
@@ -374,7 +419,7 @@ std::string forward_fused(const DeformConv3dShape& s, const scalar_t* x, const s
             continue;
           }
         }
-        sample_tile(isa, s, x_cl, off_n, l0, nt, 0, K, zeros, colT);
+        sample_tile(isa, s, x_cl, off_n, l0, nt, 0, K, colT);
         for (int64_t g = 0; g < G; ++g) {
           scalar_t* yg = y_n + g * opg * L + l0;
           gemm(opg, nt, rows, wp + g * opg * rows, rows, colT + g * rows, R, yg, L);

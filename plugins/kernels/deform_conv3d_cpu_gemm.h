@@ -30,8 +30,19 @@
 #define D3D_AVX2_GEMM 1
 #endif
 
+#if defined(__GNUC__)
+#define D3D_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define D3D_ALWAYS_INLINE inline
+#endif
+
 namespace d3d {
 namespace cpu {
+
+// The GEMM's side.row() hook (deform_conv3d_cpu_gemm_body.h) with nothing to interleave.
+struct NoSide {
+  D3D_ALWAYS_INLINE void row() {}
+};
 
 enum class CpuIsa : int { generic = 0, avx2 = 1, avx512 = 2 };
 
@@ -121,6 +132,8 @@ struct Isa {
   }
   static mask both(mask a, mask b) { return static_cast<mask>(a & b); }
   static vec select(mask m, vec v) { return _mm512_maskz_mov_ps(m, v); }  // v where m, else 0
+  static mask nonzero(vec v) { return _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NEQ_OQ); }
+  static ivec iselect(mask m, ivec a, ivec b) { return _mm512_mask_blend_epi32(m, b, a); }  // a where m, else b
 };
 #include "deform_conv3d_cpu_gemm_body.h"
 }  // namespace isa_avx512
@@ -162,6 +175,8 @@ struct Isa {
   }
   static mask both(mask a, mask b) { return _mm256_and_si256(a, b); }
   static vec select(mask m, vec v) { return _mm256_and_ps(_mm256_castsi256_ps(m), v); }  // v where m, else 0
+  static mask nonzero(vec v) { return _mm256_castps_si256(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_NEQ_OQ)); }
+  static ivec iselect(mask m, ivec a, ivec b) { return _mm256_blendv_epi8(b, a, m); }  // a where m, else b
 };
 #include "deform_conv3d_cpu_gemm_body.h"
 }  // namespace isa_avx2
@@ -189,10 +204,11 @@ inline bool gemm_accumulate_f32(CpuIsa isa, int64_t nt, int64_t rows, const floa
                                 int64_t opg, float* acc, bool accumulate) {
   if (!own_gemm_applies(opg, isa)) return false;
 #ifdef D3D_AVX2_GEMM
+  NoSide none;
   if (isa == CpuIsa::avx512) {
-    isa_avx512::gemm_chunk_all(nt, rows, colT, lda, wt, opg, acc, accumulate);
+    isa_avx512::gemm_chunk_all(nt, rows, colT, lda, wt, opg, acc, accumulate, none);
   } else {
-    isa_avx2::gemm_chunk_all(nt, rows, colT, lda, wt, opg, acc, accumulate);
+    isa_avx2::gemm_chunk_all(nt, rows, colT, lda, wt, opg, acc, accumulate, none);
   }
   return true;
 #else

@@ -426,7 +426,10 @@ bool test_own_fp32_gemm_against_reference_forward(d3d::cpu::CpuIsa isa) {
       {{1, 6, 3, 5, 9}, {24, 2, 3, 3, 3}, 3, 3, 2, 2, false},  // 3 groups of 8, stride 2 and dilation 2
       {{1, 4, 2, 6, 5}, {40, 4, 1, 3, 3}, 1, 2, 1, 1, true},   // 40 = 2 + 2 + 1 AVX2 vectors
       // 32 channels, one group and one offset group: the sampler's whole-vector path on both widths
+      // and the pipelined chunks (forward_tiles_pipelined)
       {{1, 32, 3, 4, 7}, {16, 32, 3, 3, 3}, 1, 1, 1, 1, true},
+      {{1, 16, 3, 7, 9}, {32, 16, 3, 3, 3}, 1, 1, 2, 2, true},    // pipelined, stride 2 and dilation 2
+      {{2, 64, 3, 5, 11}, {64, 64, 3, 3, 3}, 1, 1, 1, 1, false},  // D3Dnet's channels, 2 batch items
   };
   for (const Case& cs : cases) {
     d3d::DeformConv3dAttrs a;
@@ -478,20 +481,24 @@ bool test_own_fp32_gemm_against_reference_forward(d3d::cpu::CpuIsa isa) {
             static_cast<long long>(s.group), static_cast<long long>(tile), err_own);
       CHECK(err_host < 1e-4, "O=%lld tile %lld: host GEMM max error %g", static_cast<long long>(s.o),
             static_cast<long long>(tile), err_host);
-      // The taps in chunks (one tap; two or three, so the last chunk is shorter; all at once) add the
-      // same products in the same order: the same bits as the default chunks.
+      // The taps in chunks (one tap; two, so the last chunk is shorter; three; all at once), pipelined
+      // or one chunk after the other, add the same products in the same order: the same bits as the
+      // default.
       const int64_t cpg = s.c / s.group;
-      for (int64_t chunk_rows : {int64_t(1), 2 * cpg, 3 * cpg - 1, s.taps() * cpg}) {
-        std::vector<float> chunked(want.size(), 54321.0f);
-        e = d3d::cpu::forward_fused(s, f.x.data(), f.off.data(), f.w.data(), cs.bias ? f.b.data() : nullptr,
-                                    chunked.data(), scratch.data(), ReversedChunksFor(), NaiveGemmF(), tile, false,
-                                    chunk_rows);
-        CHECK(e.empty(), "%s", e.c_str());
-        size_t differ = 0;
-        for (size_t i = 0; i < want.size(); ++i) differ += std::memcmp(&chunked[i], &own[i], sizeof(float)) != 0;
-        CHECK(differ == 0, "O=%lld tile %lld, chunks of %lld rows: %zu of %zu outputs differ from the default chunks",
-              static_cast<long long>(s.o), static_cast<long long>(tile), static_cast<long long>(chunk_rows), differ,
-              want.size());
+      for (int64_t chunk_rows : {int64_t(1), 2 * cpg, 3 * cpg - 1, s.taps() * cpg, d3d::cpu::kChunkRows}) {
+        for (bool pipeline : {true, false}) {
+          std::vector<float> chunked(want.size(), 54321.0f);
+          e = d3d::cpu::forward_fused(s, f.x.data(), f.off.data(), f.w.data(), cs.bias ? f.b.data() : nullptr,
+                                      chunked.data(), scratch.data(), ReversedChunksFor(), NaiveGemmF(), tile, false,
+                                      chunk_rows, pipeline);
+          CHECK(e.empty(), "%s", e.c_str());
+          size_t differ = 0;
+          for (size_t i = 0; i < want.size(); ++i) differ += std::memcmp(&chunked[i], &own[i], sizeof(float)) != 0;
+          CHECK(differ == 0,
+                "O=%lld tile %lld, chunks of %lld rows, pipeline %d: %zu of %zu outputs differ from the default",
+                static_cast<long long>(s.o), static_cast<long long>(tile), static_cast<long long>(chunk_rows),
+                static_cast<int>(pipeline), differ, want.size());
+        }
       }
     }
   }
