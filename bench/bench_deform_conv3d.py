@@ -8,6 +8,9 @@ shape and multiply-adds (oneDNN), optionally the pure-PyTorch reference. Then th
         [--isa generic|avx2|avx512]
 
 The CPU's instruction sets and the kernel path taken (D3D_CPU_ISA, which --isa sets) are printed first.
+``--isa avx2`` also caps oneDNN (``F.conv3d``) at AVX2 (ONEDNN_MAX_CPU_ISA, unless already set), so that
+an AVX-512 machine compares like for like with what an AVX2 machine runs; ONNX Runtime's MLAS (its
+DeformConv) has no such switch and keeps the machine's widest ISA.
 
 64 -> 64 channels, 3x3x3 kernel, padding 1, T = 7, deform_dims "HW", offsets N(0, 1) px (taps between
 pixels, some past the frame), fp32, forward, median time per call. Not a test: ratios depend on the
@@ -105,6 +108,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.isa:  # read by both op libraries when they load
         os.environ["D3D_CPU_ISA"] = args.isa
+    if args.isa == "avx2":  # read by oneDNN at its first primitive, after this
+        os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
     ensure_native()
     from d3d.ops import cpu_instruction_sets, cpu_isa, cpu_kernel_summary
 
@@ -125,6 +130,8 @@ def main() -> None:
     head = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} threads"
     print(f"{head}, load average {load:.2f} at start")
     print(cpu_kernel_summary())
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        print(f"oneDNN (F.conv3d) capped at {os.environ['ONEDNN_MAX_CPU_ISA']} (ONEDNN_MAX_CPU_ISA); MLAS is not")
     print(f"{'LR':>8} {'torch op ms':>12} {'ORT op ms':>10} {'conv3d ms':>10} {'torch/conv':>11} {'ORT/conv':>9}")
     rows = []
     for h, wd in args.sizes:
@@ -158,6 +165,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             meta = {"torch": torch.__version__, "threads": threads, "load_avg": load, "kernel_path": cpu_isa()}
+            meta["onednn_max_cpu_isa"] = os.environ.get("ONEDNN_MAX_CPU_ISA")
             json.dump({**meta, "isa": cpu_instruction_sets(), "rows": rows, "rows_2d": rows2d}, f, indent=1)
 
 

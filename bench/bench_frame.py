@@ -10,7 +10,9 @@ a core from the next call); d3d upscale's sessions keep ONNX Runtime's default.
 
 --breakdown also says where the PyTorch frame's CPU time goes: the offset convolutions, the
 deformable convolutions (our op) and the rest, from module hooks (process CPU time, summed over
---repeat frames). D3D_CPU_ISA chooses the kernel path; the path taken is printed.
+--repeat frames). D3D_CPU_ISA chooses the kernel path; the path taken is printed. To see what an AVX2
+machine would run on an AVX-512 one, cap PyTorch's oneDNN too: ``D3D_CPU_ISA=avx2
+ONEDNN_MAX_CPU_ISA=AVX2`` (ONNX Runtime's MLAS has no such switch).
 
 Seeded random weights in the paper's configuration (x4, 7 frames, nf 64, 5 + 6 blocks). The offset
 convolutions get random weights too (``--offset-std``; 0 keeps the seed's zero initialisation, where
@@ -125,6 +127,9 @@ def main() -> None:
             row[f"{name}_s"], row[f"{name}_cpu_s"] = wall, cpu
     print(f"LR {h}x{w}, {row['threads']} threads, load average {row['load_avg']:.2f} at start")
     print(cpu_kernel_summary())
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        print(f"oneDNN capped at {os.environ['ONEDNN_MAX_CPU_ISA']} (ONEDNN_MAX_CPU_ISA); ONNX Runtime's MLAS is not")
+    row["onednn_max_cpu_isa"] = os.environ.get("ONEDNN_MAX_CPU_ISA")
     print(f"mean |offset| of the first deformable layer: {row['mean_abs_offset_px_first_layer']:.2f} px")
     print(f"PyTorch model      {row['pytorch_s'] * 1e3:8.0f} ms")
     twin_ratio = row["pytorch_s"] / row["dense_twin_s"]
