@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from timing import interleaved_median_times, median_times
 
 
-def _ort_session(w: np.ndarray, b: np.ndarray, threads: int):
+def _ort_session(w: np.ndarray, b: np.ndarray, threads: int, pads: tuple[int, int, int] = (1, 1, 1)):
     """A one-node custom-op model through the runtime's session factory (the native library)."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -43,7 +43,7 @@ def _ort_session(w: np.ndarray, b: np.ndarray, threads: int):
         ["y"],
         domain="d3d",
         strides=[1, 1, 1],
-        pads=[1, 1, 1],
+        pads=list(pads),
         dilations=[1, 1, 1],
         group=1,
         offset_group=1,
@@ -172,8 +172,18 @@ def main() -> None:
 def _bench_2d(args, w: torch.Tensor, b: torch.Tensor, threads: int, deform_conv3d) -> list[dict]:
     """D3Dnet's layer folded to 2-D: the frames are the batch of one 3x3 deformable convolution. Our op
     runs it as a 1x3x3 DeformConv3d on [1, C, T, H, W]; ONNX Runtime's DeformConv on [T, C, H, W]; the
-    same multiply-adds, the offsets in each one's layout. Interleaved, median of --repeat."""
+    same multiply-adds, the offsets in each one's layout. Our op both as the PyTorch op and in ONNX Runtime
+    (the same kernel; in ONNX Runtime its output comes from the session's arena, as DeformConv's does,
+    where PyTorch maps a fresh output each call). Interleaved, median of --repeat."""
+    from d3d.errors import D3DError
+
     w2 = w[:, :, 1].contiguous()  # [O, C, 3, 3]
+    ours_ort = None
+    if not args.no_ort:
+        try:
+            ours_ort = _ort_session(w2[:, :, None].numpy(), b.numpy(), threads, pads=(0, 1, 1))
+        except D3DError as exc:
+            print(f"ONNX Runtime op skipped in 2-D: {exc}")
     try:
         sess = _deformconv19_session(w2.numpy(), b.numpy(), threads)
     except Exception as exc:  # an ONNX Runtime without DeformConv on this provider
@@ -181,6 +191,7 @@ def _bench_2d(args, w: torch.Tensor, b: torch.Tensor, threads: int, deform_conv3
         return []
     print(
         f"\n2-D layer (frames into batch, 3x3): {'LR':>8} {'our op ms':>10} {'ORT DeformConv ms':>18} {'ORT/ours':>9}"
+        f" {'our ORT op ms':>14} {'DeformConv/our ORT op':>22}"
     )
     rows = []
     c, t = w.shape[1], args.frames
@@ -193,12 +204,19 @@ def _bench_2d(args, w: torch.Tensor, b: torch.Tensor, threads: int, deform_conv3
             "ours": partial(deform_conv3d, x, off, w2[:, :, None], b, padding=(0, 1, 1), deform_dims="HW"),
             "ort_deformconv": partial(sess.run, None, {"x": x2, "offset": off2}),
         }
+        if ours_ort is not None:
+            fns["ours_ort"] = partial(ours_ort.run, None, {"x": x.numpy(), "offset": off.numpy()})
         with torch.no_grad():
             times = interleaved_median_times(fns, args.repeat)
-        row = {"lr": [h, wd], "ours_s": times["ours"][0], "ort_deformconv_s": times["ort_deformconv"][0]}
+        row = {"lr": [h, wd]} | {f"{k}_s": v[0] for k, v in times.items()}
+        ours_ort_cols = (
+            f" {row['ours_ort_s'] * 1e3:14.1f} {row['ort_deformconv_s'] / row['ours_ort_s']:21.2f}x"
+            if "ours_ort_s" in row
+            else ""
+        )
         print(
             f"{'':35} {h}x{wd:<5} {row['ours_s'] * 1e3:10.1f} {row['ort_deformconv_s'] * 1e3:18.1f} "
-            f"{row['ort_deformconv_s'] / row['ours_s']:8.2f}x"
+            f"{row['ort_deformconv_s'] / row['ours_s']:8.2f}x" + ours_ort_cols
         )
         rows.append(row)
     return rows
