@@ -193,6 +193,7 @@ inline void forward_tiles_pipelined(const DeformConv3dShape& s, const float* x_c
                                     int64_t t0, int64_t t1, float* bufs) {
   const int64_t K = s.taps(), L = s.out_spatial(), C = s.c, O = s.o;
   const int64_t chunks = (K + kc - 1) / kc, items = (t1 - t0) * chunks;
+  if (items <= 0) return;
   float* col[2] = {bufs, bufs + tile * C * kc};
   float* acc = col[1] + tile * C * kc;
   const LocatedTaps taps = LocatedTaps::in(acc + tile * O, tile, kc);
