@@ -71,8 +71,14 @@ inline int64_t forward_scratch_elems(const DeformConv3dShape& s) {
 // Tap (k, j) of a chunk is at i = (k - k0) * stride + j; stride is the tile rounded up to a whole
 // number of the widest vectors, so that the sampler stores whole vectors.
 struct LocatedTaps {
+  // The planes are carved out of a float buffer: int32 reads of them must not assume they cannot alias.
+#if defined(__GNUC__)
+  typedef int32_t __attribute__((may_alias)) pixel_t;
+#else
+  typedef int32_t pixel_t;
+#endif
   static constexpr int64_t kMaxLanes = 16;
-  int32_t* px[4];
+  pixel_t* px[4];
   float* w[4];
   int64_t stride = 0;
   static int64_t elems(int64_t tile, int64_t kc) { return 8 * kc * stride_for(tile); }
@@ -83,7 +89,7 @@ struct LocatedTaps {
     t.stride = stride_for(tile);
     const int64_t plane = kc * t.stride;
     for (int q = 0; q < 4; ++q) {
-      t.px[q] = reinterpret_cast<int32_t*>(buf + q * plane);
+      t.px[q] = reinterpret_cast<pixel_t*>(buf + q * plane);
       t.w[q] = buf + (4 + q) * plane;
     }
     return t;
