@@ -266,10 +266,12 @@ InputsF round_to_fp32(Inputs& in) {
   return f;
 }
 
-struct ReversedChunksFor {  // hands out items in chunks of 3, last chunk first: any split must do
+// Hands out items in chunks of 3, last chunk first, and an empty range before each: any split must do,
+// and a host's parallel-for may call with nothing to do.
+struct ReversedChunksFor {
   template <typename Fn>
   void operator()(int64_t begin, int64_t end, const Fn& fn) const {
-    for (int64_t e = end; e > begin; e -= 3) fn(e - 3 > begin ? e - 3 : begin, e);
+    for (int64_t e = end; e > begin; e -= 3) fn(e, e), fn(e - 3 > begin ? e - 3 : begin, e);
   }
 };
 
