@@ -432,6 +432,7 @@ bool test_own_fp32_gemm_against_reference_forward(d3d::cpu::CpuIsa isa) {
       {{1, 32, 3, 4, 7}, {16, 32, 3, 3, 3}, 1, 1, 1, 1, true},
       {{1, 16, 3, 7, 9}, {32, 16, 3, 3, 3}, 1, 1, 2, 2, true},    // pipelined, stride 2 and dilation 2
       {{2, 64, 3, 5, 11}, {64, 64, 3, 3, 3}, 1, 1, 1, 1, false},  // D3Dnet's channels, 2 batch items
+      {{1, 16, 4, 12, 13}, {16, 16, 3, 3, 3}, 1, 1, 1, 1, true},  // 90 tiles of 7 over several work items
   };
   for (const Case& cs : cases) {
     d3d::DeformConv3dAttrs a;
