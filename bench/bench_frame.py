@@ -3,7 +3,7 @@ same model with each deformable convolution run as a plain ``conv3d`` (its "dens
 convolutions still run, their output is dropped), and the custom-op ONNX export in ONNX Runtime,
 called in turn round after round (bench/timing.py::interleaved_median_times), so the machine's drift
 hits the three alike. The ONNX Runtime session's pool threads do not spin after a run (they would take
-a core from the next call); d3d upscale's sessions keep ONNX Runtime's default.
+a core from the next call), as in d3d upscale's sessions.
 
     python bench/bench_frame.py [--size 68x160] [--repeat 3] [--offset-std 0.15] [--json out.json]
         [--breakdown]

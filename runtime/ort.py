@@ -37,7 +37,8 @@ def create_session(
 ):
     """An ``onnxruntime.InferenceSession`` for either flavour of a d3d model. ``allow_spinning=False`` stops
     the pool threads spinning on after a run, where they would take cores from whatever runs next (the
-    benchmarks' side-by-side timings)."""
+    runtime's decode and encode threads, the benchmarks' side-by-side timings); the runtime's backend
+    and the benchmarks pass it."""
     import onnxruntime as ort
 
     check_cpu_precision(proto, providers)

@@ -191,6 +191,9 @@ def test_onnxruntime_deformconv_backend_exports_and_caches_by_flavour(tiny_check
     runner = create_runner(get_backend("onnxruntime-deformconv"), source)
     try:
         assert runner.flavour == "deformconv" and "deformconv" in runner.describe()
+        # the product sessions do not keep ONNX Runtime's pool threads spinning after a run
+        spin = runner._session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        assert spin == "0", spin
         cached = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
         assert len(cached) == 1 and "-deformconv-" in cached[0].name
         x = torch.rand(1, 1, 7, 12, 20, generator=torch.Generator().manual_seed(2))

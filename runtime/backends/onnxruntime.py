@@ -51,7 +51,10 @@ class OrtRunner(Runner):
             raise D3DError("ONNX Runtime has no CUDA execution provider here (install onnxruntime-gpu)")
         providers = [p for p in providers if p in have]
         self.device = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
-        self._session = create_session(proto, providers, options.threads)
+        # Pool threads that spin on after a run take cores from the video pipeline's decode and encode
+        # threads (and from the Python between runs): `d3d upscale` of 20 frames on 2 cores, Zen 5, three
+        # alternating pairs: 4.72-4.89 frames/s without spinning, 4.54-4.59 with (docs/PERFORMANCE.md).
+        self._session = create_session(proto, providers, options.threads, allow_spinning=False)
         self._input = self._session.get_inputs()[0].name
         self.flavour = flavour_name(proto)
 
