@@ -272,8 +272,8 @@ inline bool hw_sampler_applies(const DeformConv3dShape& s, CpuIsa isa) {
 
 // Whether forward_tiles_pipelined applies (with the own GEMM): the vector sampler's whole-vector case.
 inline bool pipeline_applies(const DeformConv3dShape& s, CpuIsa isa) {
-  const int64_t lanes = isa == CpuIsa::avx512 ? 16 : 8;
-  return hw_sampler_applies(s, isa) && s.group == 1 && s.offset_group == 1 && s.c % lanes == 0 && s.o % lanes == 0;
+  return hw_sampler_applies(s, isa) && s.group == 1 && s.offset_group == 1 && s.c % cpu_isa_lanes(isa) == 0 &&
+         own_gemm_applies(s.o, isa);
 }
 
 // Floats of a thread's pipeline buffer: two column chunks, the accumulators and the located taps.
@@ -327,12 +327,24 @@ void to_channels_last(const scalar_t* x_n, int64_t C, int64_t V, scalar_t* x_cl,
   });
 }
 
-// A per-thread tile buffer, kept between calls (its size is bounded by one tile), cache-line aligned.
+// At least `elems` elements of T, one block per calling thread and Tag, kept from one call to the next
+// and grown to the largest request (the old block freed first, never both at once), cache-line
+// aligned. Throws std::bad_alloc.
+template <typename Tag, typename T>
+T* kept_thread_buffer(size_t elems) {
+  thread_local std::vector<T> buf;
+  if (buf.size() < elems + kAlignSlack) {
+    std::vector<T>().swap(buf);
+    buf.resize(elems + kAlignSlack);
+  }
+  return align_up(buf.data());
+}
+
+// A per-thread tile buffer (its size is bounded by one tile).
+struct TileBufferTag {};
 template <typename scalar_t>
 scalar_t* tile_buffer(size_t elems) {
-  thread_local std::vector<scalar_t> buf;
-  if (buf.size() < elems + kAlignSlack) buf.resize(elems + kAlignSlack);
-  return align_up(buf.data());
+  return kept_thread_buffer<TileBufferTag, scalar_t>(elems);
 }
 
 // y = deform_conv3d(x, offset, weight) + bias, all contiguous NCTHW, bias may be null.

@@ -183,16 +183,22 @@ struct Isa {
 #pragma GCC pop_options
 #endif
 
-// Whether the kernel's own GEMM applies to output-channel groups of opg on the selected path.
-inline bool own_gemm_applies(int64_t opg, CpuIsa isa = cpu_isa()) {
+// fp32 lanes of a vector on path `isa`; 0 on the generic path (no vector code of ours).
+inline int64_t cpu_isa_lanes(CpuIsa isa) {
   switch (isa) {
     case CpuIsa::avx512:
-      return opg % 16 == 0;
+      return 16;
     case CpuIsa::avx2:
-      return opg % 8 == 0;
+      return 8;
     default:
-      return false;
+      return 0;
   }
+}
+
+// Whether the kernel's own GEMM applies to output-channel groups of opg on the selected path.
+inline bool own_gemm_applies(int64_t opg, CpuIsa isa = cpu_isa()) {
+  const int64_t lanes = cpu_isa_lanes(isa);
+  return lanes > 0 && opg % lanes == 0;
 }
 
 // acc[j, o] (rows opg apart) = (accumulate ? acc[j, o] : 0) + sum_{r < rows} colT[j, r] * wt[r, o] for

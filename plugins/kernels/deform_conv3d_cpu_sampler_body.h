@@ -13,7 +13,8 @@
 
 // fn(og, k, j0, nb, px, wt) for each offset group og, tap k0 <= k < k1 and block of nb <= kLanes
 // positions from l0 + j0: lane j of px[q] the pixel of corner q (00, 01, 10, 11 in (h, w)) of position
-// j0 + j, of wt[q] its weight (0 outside the volume); lanes from nb on repeat a valid position.
+// j0 + j in x_cl, of wt[q] its weight; a corner without weight (outside the volume, or an integer
+// position) has the row of zeros, pixel T*H*W. Lanes from nb on repeat a valid position.
 template <typename Fn>
 D3D_ALWAYS_INLINE void locate_hw(const DeformConv3dShape& s, const float* offset_n, int64_t l0, int64_t nt, int64_t k0,
                                  int64_t k1, const Fn& fn) {
@@ -35,6 +36,7 @@ D3D_ALWAYS_INLINE void locate_hw(const DeformConv3dShape& s, const float* offset
   const ivec vH1 = Isa::iset1(H - 1), vW1 = Isa::iset1(W - 1), vT1 = Isa::iset1(T - 1);
   const vec lo = Isa::broadcast(-2.0f), hiH = Isa::broadcast(H + 1.0f), hiW = Isa::broadcast(W + 1.0f);
   const vec fone = Isa::broadcast(1.0f);
+  const ivec zero_px = Isa::iset1(static_cast<int>(s.in_spatial()));
   for (int64_t og = 0; og < s.offset_group; ++og) {
     for (int64_t k = k0; k < k1; ++k) {
       const ivec st = Isa::iset1(static_cast<int>((k / (s.k[1] * s.k[2])) * s.dil[0]));
@@ -62,8 +64,10 @@ D3D_ALWAYS_INLINE void locate_hw(const DeformConv3dShape& s, const float* offset
         const ivec r0 = Isa::imul(Isa::iadd(tH, Isa::clamp(h0, vH1)), vW);
         const ivec r1 = Isa::imul(Isa::iadd(tH, Isa::clamp(h1, vH1)), vW);
         const ivec c0 = Isa::clamp(w0, vW1), c1 = Isa::clamp(w1, vW1);
-        const ivec px[4] = {Isa::iadd(r0, c0), Isa::iadd(r0, c1), Isa::iadd(r1, c0), Isa::iadd(r1, c1)};
         const vec wt[4] = {Isa::mul(gh0, gw0), Isa::mul(gh0, gw1), Isa::mul(gh1, gw0), Isa::mul(gh1, gw1)};
+        const ivec pixel[4] = {Isa::iadd(r0, c0), Isa::iadd(r0, c1), Isa::iadd(r1, c0), Isa::iadd(r1, c1)};
+        ivec px[4];
+        for (int q = 0; q < 4; ++q) px[q] = Isa::iselect(Isa::nonzero(wt[q]), pixel[q], zero_px);
         fn(og, k, j0, nb, px, wt);
       }
     }
@@ -99,7 +103,6 @@ inline void sample_tile_hw(const DeformConv3dShape& s, const float* x_cl, const 
   using ivec = typename Isa::ivec;
   const int64_t Kc = k1 - k0, R = s.c * Kc, C = s.c;
   const int64_t cpg = s.c / s.group, cpo = s.c / s.offset_group;
-  const float* zeros = x_cl + s.in_spatial() * C;
   // One group and one offset group, channels a whole number of vectors (D3Dnet's 64): a position's
   // taps are interpolated in vector registers with no run bookkeeping (3 % of the forward on AVX2).
   const bool whole_vectors = s.group == 1 && s.offset_group == 1 && C % Isa::kLanes == 0;
@@ -110,10 +113,10 @@ inline void sample_tile_hw(const DeformConv3dShape& s, const float* x_cl, const 
               for (int q = 0; q < 4; ++q) Isa::istore(px[q], pxv[q]), Isa::store(wt[q], wtv[q]);
               for (int j = 0; j < nb; ++j) {
                 const float w00 = wt[0][j], w01 = wt[1][j], w10 = wt[2][j], w11 = wt[3][j];
-                const float* a = w00 != 0.0f ? x_cl + int64_t(px[0][j]) * C : zeros;
-                const float* b = w01 != 0.0f ? x_cl + int64_t(px[1][j]) * C : zeros;
-                const float* d = w10 != 0.0f ? x_cl + int64_t(px[2][j]) * C : zeros;
-                const float* e = w11 != 0.0f ? x_cl + int64_t(px[3][j]) * C : zeros;
+                const float* a = x_cl + int64_t(px[0][j]) * C;
+                const float* b = x_cl + int64_t(px[1][j]) * C;
+                const float* d = x_cl + int64_t(px[2][j]) * C;
+                const float* e = x_cl + int64_t(px[3][j]) * C;
                 float* row = colT + (j0 + j) * R;
                 if (whole_vectors) {
                   interpolate_row(a, b, d, e, w00, w01, w10, w11, C, row + (k - k0) * C);
@@ -136,20 +139,16 @@ inline void sample_tile_hw(const DeformConv3dShape& s, const float* x_cl, const 
 }
 
 // The located taps of positions l0 .. l0+nt-1 and taps k0 .. k1-1 (one offset group): tap (k, j) at
-// index (k - k0) * taps.stride + j of each plane; a corner without weight points at the row of zeros
-// (pixel T*H*W). Written with vector stores, lanes past nt included (taps.stride >= nt rounded up).
+// index (k - k0) * taps.stride + j of each plane (pixels as locate_hw gives them). Written with vector
+// stores, lanes past nt included (taps.stride >= nt rounded up).
 inline void locate_taps_hw(const DeformConv3dShape& s, const float* offset_n, int64_t l0, int64_t nt, int64_t k0,
                            int64_t k1, const LocatedTaps& taps) {
   using vec = typename Isa::vec;
   using ivec = typename Isa::ivec;
-  const ivec zero_px = Isa::iset1(static_cast<int>(s.in_spatial()));
   locate_hw(s, offset_n, l0, nt, k0, k1,
             [&](int64_t, int64_t k, int64_t j0, int, const ivec(&px)[4], const vec(&wt)[4]) {
               const int64_t i = (k - k0) * taps.stride + j0;
-              for (int q = 0; q < 4; ++q) {
-                Isa::istore(taps.px[q] + i, Isa::iselect(Isa::nonzero(wt[q]), px[q], zero_px));
-                Isa::store(taps.w[q] + i, wt[q]);
-              }
+              for (int q = 0; q < 4; ++q) Isa::istore(taps.px[q] + i, px[q]), Isa::store(taps.w[q] + i, wt[q]);
             });
 }
 

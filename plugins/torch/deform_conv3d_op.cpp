@@ -15,7 +15,6 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
-#include <vector>
 
 #include "deform_conv3d_attrs.h"
 #include "deform_conv3d_contract.h"
@@ -144,21 +143,17 @@ void offset_grad(const DeformConv3dShape& s, const at::Tensor& grad_col, const a
 }
 
 // The CPU forward's scratch (the channels-last copy of one batch item's input), kept per calling thread
-// from one call to the next and grown to the largest request. ATen's CPU allocator does not cache: a
-// fresh block over glibc's mmap threshold (32 MB at most) is mapped anew each call and its pages fault
-// in again, ~25 ms for the 103 MB of a 720p output frame on 2 cores. ONNX Runtime's op takes the same
+// from one call to the next, one block whatever the dtype. ATen's CPU allocator does not cache: a fresh
+// block over glibc's mmap threshold (32 MB at most) is mapped anew each call and its pages fault in
+// again, ~25 ms for the 103 MB of a 720p output frame on 2 cores. ONNX Runtime's op takes the same
 // scratch from its arena, which keeps it likewise.
+struct ForwardScratchTag {};
 void* kept_cpu_scratch(size_t bytes) {
-  thread_local std::vector<unsigned char> buf;
-  if (buf.size() < bytes) {
-    std::vector<unsigned char>().swap(buf);  // the old block goes first: never both at once
-    try {
-      buf.resize(bytes);
-    } catch (const std::bad_alloc&) {
-      TORCH_CHECK(false, "deform_conv3d: out of memory for ", bytes, " bytes of CPU scratch");
-    }
+  try {
+    return cpu::kept_thread_buffer<ForwardScratchTag, unsigned char>(bytes);
+  } catch (const std::bad_alloc&) {
+    TORCH_CHECK(false, "deform_conv3d: out of memory for ", bytes, " bytes of CPU scratch");
   }
-  return buf.data();
 }
 
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
