@@ -3,7 +3,7 @@
 // pipeline, the next chunk gathered inside the GEMM, and one after the other; the two called in turn,
 // 9 runs each) and with OpenBLAS's, the sampling alone (GEMM skipped), and each GEMM alone (sampling
 // skipped), each the median of 5 runs.
-//   build/bench/profile_cpu_forward [H W] [threads] [tile]
+//   build/bench/profile_cpu_forward [H W] [threads] [tile] [kernel depth: 3, or 1 for the layer folded to 2-D]
 // Built by CMake next to the ONNX Runtime library (it links the same OpenBLAS).
 #include <algorithm>
 #include <chrono>
@@ -82,12 +82,14 @@ int main(int argc, char** argv) {
   const int64_t H = argc > 2 ? std::atoll(argv[1]) : 68, W = argc > 2 ? std::atoll(argv[2]) : 160;
   const int threads = argc > 3 ? std::atoi(argv[3]) : 2;
   const int64_t tile = argc > 4 ? std::atoll(argv[4]) : d3d::cpu::kTilePositions;
+  const int64_t kt = argc > 5 ? std::atoll(argv[5]) : 3;
   const int repeat = 5;
   scipy_openblas_set_num_threads(1);
   d3d::DeformConv3dAttrs a;
-  a.pad[0] = a.pad[1] = a.pad[2] = 1;
+  a.pad[0] = kt / 2;
+  a.pad[1] = a.pad[2] = 1;
   a.deform_dims = "HW";
-  const int64_t in[5] = {1, 64, 7, H, W}, wd[5] = {64, 64, 3, 3, 3};
+  const int64_t in[5] = {1, 64, 7, H, W}, wd[5] = {64, 64, kt, 3, 3};
   d3d::DeformConv3dShape s;
   const std::string err = d3d::make_shape(a, in, wd, -1, &s);
   if (!err.empty()) {
@@ -96,7 +98,7 @@ int main(int argc, char** argv) {
   }
   std::mt19937 rng(0);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::vector<float> x(s.c * s.in_spatial()), off(s.offset_channels() * s.out_spatial()), w(64 * 64 * 27), b(64);
+  std::vector<float> x(s.c * s.in_spatial()), off(s.offset_channels() * s.out_spatial()), w(64 * 64 * kt * 9), b(64);
   for (auto* v : {&x, &off, &w, &b})
     for (auto& e : *v) e = nd(rng);
   std::vector<float> y(s.o * s.out_spatial()), scratch(d3d::cpu::forward_scratch_elems(s));
@@ -141,17 +143,21 @@ int main(int argc, char** argv) {
   const auto full_host = median_ms([&] { forward(BlasGemm{}, true); }, repeat);
   const auto sample = median_ms([&] { forward(NoGemm{}, true); }, repeat);
   const auto own = median_ms([&] { gemms(true); }, repeat);
+  const auto copy =
+      median_ms([&] { d3d::cpu::to_channels_last(x.data(), s.c, s.in_spatial(), scratch.data(), par, isa); }, repeat);
   const auto host = median_ms([&] { gemms(false); }, repeat);
   const double gflop = 2.0 * s.o * s.col_rows() * s.out_spatial() / 1e9;
   std::printf(
       "%lldx%lld, %d threads, tile %lld, kernel path %s (D3D_CPU_ISA), OpenBLAS core %s; wall (CPU) ms:\n"
-      "  forward %.1f (%.1f) | forward with OpenBLAS %.1f (%.1f) | sampling alone %.1f (%.1f)\n"
+      "  forward %.1f (%.1f) | forward with OpenBLAS %.1f (%.1f) | sampling alone %.1f (%.1f), of it the channels-last "
+      "copy %.1f (%.1f)\n"
       "  own GEMM, chunks pipelined vs one after the other, in turn: median %.1f vs %.1f (min %.1f vs %.1f)\n"
       "  own GEMMs alone %.1f (%.1f), %.0f GFLOP/s per thread | OpenBLAS GEMMs alone %.1f (%.1f), %.0f GFLOP/s per "
       "thread\n",
       (long long)H, (long long)W, threads, (long long)tile, d3d::cpu::cpu_isa_name(d3d::cpu::cpu_isa()),
       scipy_openblas_get_corename(), full.first, full.second, full_host.first, full_host.second, sample.first,
-      sample.second, piped[piped.size() / 2], plain[plain.size() / 2], piped.front(), plain.front(), own.first,
-      own.second, gflop / own.second * 1e3, host.first, host.second, gflop / host.second * 1e3);
+      sample.second, copy.first, copy.second, piped[piped.size() / 2], plain[plain.size() / 2], piped.front(),
+      plain.front(), own.first, own.second, gflop / own.second * 1e3, host.first, host.second,
+      gflop / host.second * 1e3);
   return 0;
 }
