@@ -65,7 +65,7 @@ endif
 demo: setup
 	$(BIN)/d3d upscale --clip bikes --start 212 --max-frames 4 --downscale 4 -o out/bikes_x4.mp4 --overwrite
 
-CXX_SOURCES = $(shell git ls-files 'plugins/*.h' 'plugins/*.cpp' 'plugins/*.cu' 'plugins/*.cuh' 2>/dev/null)
+CXX_SOURCES = $(shell git ls-files 'plugins/*.h' 'plugins/*.cpp' 'plugins/*.cu' 'plugins/*.cuh' 'bench/*.cpp' 'bench/*.c' 2>/dev/null)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -104,7 +104,9 @@ py-test: setup
 
 test: lint cpp-test py-test
 
+# The CPUID mask first (x86-64 Linux; bench/avx2_machine.py): --isa avx2 then runs as an AVX2 machine.
 bench: setup
+	-cmake --build $(BUILD) --target d3d_cpuid_avx2
 	$(BIN)/python bench/bench_deform_conv3d.py
 
 # The host kernel tests (plugins/tests/test_kernels.cpp: the generic CPU path, no x86 vector code) built

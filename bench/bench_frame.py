@@ -6,13 +6,14 @@ hits the three alike. The ONNX Runtime session's pool threads do not spin after 
 a core from the next call), as in d3d upscale's sessions.
 
     python bench/bench_frame.py [--size 68x160] [--repeat 3] [--offset-std 0.15] [--json out.json]
-        [--breakdown]
+        [--breakdown] [--isa generic|avx2|avx512]
 
 --breakdown also says where the PyTorch frame's CPU time goes: the offset convolutions, the
 deformable convolutions (our op) and the rest, from module hooks (process CPU time, summed over
---repeat frames). D3D_CPU_ISA chooses the kernel path; the path taken is printed. To see what an AVX2
-machine would run on an AVX-512 one, cap PyTorch's oneDNN too: ``D3D_CPU_ISA=avx2
-ONEDNN_MAX_CPU_ISA=AVX2`` (ONNX Runtime's MLAS has no such switch).
+--repeat frames). --isa (D3D_CPU_ISA) chooses the kernel path; the path taken is printed. ``--isa avx2``
+on an AVX-512 machine runs the frame as an AVX2 machine would, oneDNN and ONNX Runtime's MLAS included
+(AVX-512 hidden from CPUID where the CPU has CPUID faulting; else oneDNN alone is capped, and the report
+says so: bench/avx2_machine.py).
 
 Seeded random weights in the paper's configuration (x4, 7 frames, nf 64, 5 + 6 blocks). The offset
 convolutions get random weights too (``--offset-std``; 0 keeps the seed's zero initialisation, where
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from avx2_machine import check_masked, run_as_avx2_machine
 from timing import interleaved_median_times
 
 
@@ -83,8 +85,12 @@ def main() -> None:
     ap.add_argument("--offset-std", type=float, default=0.15, help="std of the offset convolutions' weights")
     ap.add_argument("--no-ort", action="store_true")
     ap.add_argument("--breakdown", action="store_true", help="where the PyTorch frame's CPU time goes")
+    ap.add_argument("--isa", choices=["generic", "avx2", "avx512"], help="force the kernel path (D3D_CPU_ISA)")
     ap.add_argument("--json")
     args = ap.parse_args()
+    capped = run_as_avx2_machine() if args.isa == "avx2" else None  # may re-run this script
+    if args.isa:
+        os.environ["D3D_CPU_ISA"] = args.isa
     h, w = (int(v) for v in args.size.lower().split("x"))
     ensure_native()
     torch.manual_seed(0)
@@ -127,9 +133,11 @@ def main() -> None:
             row[f"{name}_s"], row[f"{name}_cpu_s"] = wall, cpu
     print(f"LR {h}x{w}, {row['threads']} threads, load average {row['load_avg']:.2f} at start")
     print(cpu_kernel_summary())
-    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
-        print(f"oneDNN capped at {os.environ['ONEDNN_MAX_CPU_ISA']} (ONEDNN_MAX_CPU_ISA); ONNX Runtime's MLAS is not")
+    for line in (capped, check_masked()):
+        if line:
+            print(line)
     row["onednn_max_cpu_isa"] = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    row["avx2_machine"] = capped
     print(f"mean |offset| of the first deformable layer: {row['mean_abs_offset_px_first_layer']:.2f} px")
     print(f"PyTorch model      {row['pytorch_s'] * 1e3:8.0f} ms")
     twin_ratio = row["pytorch_s"] / row["dense_twin_s"]
