@@ -154,14 +154,16 @@ inline void locate_taps_hw(const DeformConv3dShape& s, const float* offset_n, in
 
 // Interpolates located taps into a column block, one tap per call of row() every `every` calls: the
 // GEMM of the previous chunk calls it after each of its rows (gemm_block's side), so the gathers'
-// loads and the GEMM's FMAs run side by side instead of one after the other. Taps in the order of
-// locate_taps_hw; tap (k, j) goes to col + j * R + (k - k0) * C.
+// loads and the GEMM's FMAs run side by side instead of one after the other. Position by position,
+// each position's taps in turn: neighbouring positions read nearly the same pixels, which are then
+// still in L1 (tap by tap, a tile's row of pixels lay between two reads of a pixel). Tap (k, j) of the
+// located planes goes to col + j * R + (k - k0) * C.
 struct TapGather {
   LocatedTaps taps;
   const float* x_cl = nullptr;
-  int64_t C = 0, R = 0, nt = 0;
-  int64_t i = 0, j = 0, left = 0;  // index of the next tap, its position, taps left
-  float* tap_col = nullptr;        // column of the current tap, position 0
+  int64_t C = 0, R = 0, kc = 0;           // channels, column row length, taps in the chunk
+  int64_t i = 0, j = 0, k = 0, left = 0;  // plane index of the next tap, its position and tap, taps left
+  float* col = nullptr;
   float* dst = nullptr;
   int64_t every = 1, countdown = 1;
 
@@ -169,8 +171,12 @@ struct TapGather {
     interpolate_row(x_cl + int64_t(taps.px[0][i]) * C, x_cl + int64_t(taps.px[1][i]) * C,
                     x_cl + int64_t(taps.px[2][i]) * C, x_cl + int64_t(taps.px[3][i]) * C, taps.w[0][i], taps.w[1][i],
                     taps.w[2][i], taps.w[3][i], C, dst);
-    --left, ++i, dst += R;
-    if (++j == nt) j = 0, i += taps.stride - nt, tap_col += C, dst = tap_col;
+    --left;
+    if (++k == kc) {
+      k = 0, i = ++j, dst = col + j * R;
+    } else {
+      i += taps.stride, dst += C;
+    }
   }
   D3D_ALWAYS_INLINE void row() {
     if (--countdown == 0) {
@@ -209,8 +215,8 @@ inline void forward_tiles_pipelined(const DeformConv3dShape& s, const float* x_c
     locate_taps_hw(s, offset_n, it.l0, it.nt, it.k0, it.k1, taps);
     TapGather g;
     g.taps = taps, g.left = (it.k1 - it.k0) * it.nt;
-    g.x_cl = x_cl, g.C = C, g.R = C * (it.k1 - it.k0), g.nt = it.nt;
-    g.tap_col = g.dst = col[i & 1];
+    g.x_cl = x_cl, g.C = C, g.R = C * (it.k1 - it.k0), g.kc = it.k1 - it.k0;
+    g.col = g.dst = col[i & 1];
     return g;
   };
   TapGather first = prepare(0);
