@@ -107,7 +107,7 @@ test: lint cpp-test py-test
 # The CPUID mask first (x86-64 Linux; bench/avx2_machine.py): --isa avx2 then runs as an AVX2 machine.
 bench: setup
 	-cmake --build $(BUILD) --target d3d_cpuid_avx2
-	$(BIN)/python bench/bench_deform_conv3d.py
+	D3D_CPUID_AVX2_LIB=$(abspath $(BUILD))/bench/libd3d_cpuid_avx2.so $(BIN)/python bench/bench_deform_conv3d.py
 
 # The host kernel tests (plugins/tests/test_kernels.cpp: the generic CPU path, no x86 vector code) built
 # for ARM64 with Debian's cross compiler and run under qemu-user (apt-get install g++-aarch64-linux-gnu

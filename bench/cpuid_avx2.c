@@ -4,12 +4,15 @@
 //
 // It turns on Linux's CPUID faulting (arch_prctl ARCH_SET_CPUID, where the CPU and kernel offer it:
 // `cpuid_fault` in /proc/cpuinfo): every CPUID instruction then traps, and the SIGSEGV handler here runs
-// the real CPUID and clears the AVX-512 (and AVX-VNNI, AMX) feature bits of leaf 7, leaving an
-// x86-64-v3 CPU. Threads inherit the setting; exec clears it.
+// the real CPUID and clears the AVX-512, AVX10, AMX and AVX-VNNI feature bits (leaf 7; leaf 0x24, AVX10's,
+// reads as zeros), leaving an x86-64-v3 CPU like a Zen 2/3 or a Skylake. Threads inherit the setting;
+// exec clears it. Any other SIGSEGV goes to the handler that was there before, or kills as usual.
 //
-// Limits: the dynamic linker reads CPUID before any library's constructor, so glibc's own string
-// functions keep their AVX-512 variants; a library that installs its own SIGSEGV handler after this one
-// (e.g. Python's -X faulthandler) would receive the traps instead. Benchmarks only, never a product path.
+// Limits: code that reads CPUID before this library's constructor runs (the dynamic linker, so glibc's
+// string functions; constructors of libraries the program links) keeps the real features; a thread
+// that blocks SIGSEGV dies on its first CPUID; a handler installed after this one (Python's faulthandler,
+// PYTHONFAULTHANDLER; GCC's cc1plus) receives the traps and crashes, so bench/avx2_machine.py keeps it
+// out of child processes. Benchmarks only, never a product path.
 //   LD_PRELOAD=build/bench/libd3d_cpuid_avx2.so <command>
 #define _GNU_SOURCE
 #include <asm/prctl.h>
@@ -23,13 +26,27 @@
 
 static struct sigaction previous;
 
-// Feature bits that exist only with AVX-512 (or AMX, or AVX-VNNI, which AVX2-only CPUs lack).
-enum {
-  kLeaf7Ebx = (1u << 16) | (1u << 17) | (1u << 21) | (1u << 26) | (1u << 27) | (1u << 28) | (1u << 30) | (1u << 31),
-  kLeaf7Ecx = (1u << 1) | (1u << 6) | (1u << 11) | (1u << 12) | (1u << 14),
-  kLeaf7Edx = (1u << 2) | (1u << 3) | (1u << 8) | (1u << 22) | (1u << 23) | (1u << 24) | (1u << 25),
-  kLeaf7Sub1Eax = (1u << 4) | (1u << 5),
-};
+// Leaf 7 subleaf 0: AVX512F, DQ, IFMA, PF, ER, CD, BW, VL (EBX); VBMI, VBMI2, VNNI, BITALG, VPOPCNTDQ
+// (ECX); 4VNNIW, 4FMAPS, VP2INTERSECT, AMX-BF16, AVX512-FP16, AMX-TILE, AMX-INT8 (EDX).
+static const unsigned kLeaf7Ebx = 0xDC230000u, kLeaf7Ecx = 0x00005842u, kLeaf7Edx = 0x03C0010Cu;
+// Leaf 7 subleaf 1: AVX-VNNI, AVX512-BF16, AMX-FP16 (EAX); AMX-COMPLEX, AVX10 (EDX).
+static const unsigned kLeaf7Sub1Eax = 0x00200030u, kLeaf7Sub1Edx = 0x00080100u;
+
+// The handler that was installed before ours, for a SIGSEGV that is not a CPUID trap.
+static void pass_on(int sig, siginfo_t* info, void* context) {
+  if ((previous.sa_flags & SA_SIGINFO) && previous.sa_sigaction != NULL) {
+    previous.sa_sigaction(sig, info, context);
+    return;
+  }
+  if (!(previous.sa_flags & SA_SIGINFO) && previous.sa_handler == SIG_IGN) return;
+  if (!(previous.sa_flags & SA_SIGINFO) && previous.sa_handler != SIG_DFL) {
+    previous.sa_handler(sig);
+    return;
+  }
+  signal(SIGSEGV, SIG_DFL);            // the default action: the process dies of SIGSEGV
+  if (info->si_code <= 0) raise(sig);  // sent by kill() or raise(): send it again, returning drops it
+  // a real fault happens again on return, now under the default action
+}
 
 static void on_sigsegv(int sig, siginfo_t* info, void* context) {
   ucontext_t* uc = (ucontext_t*)context;
@@ -38,8 +55,7 @@ static void on_sigsegv(int sig, siginfo_t* info, void* context) {
   // first, so that an instruction pointer that is itself bad is never read.
   const unsigned char* ip = (const unsigned char*)reg[REG_RIP];
   if (info->si_code != SI_KERNEL || ip[0] != 0x0F || ip[1] != 0xA2) {
-    (void)sig;
-    sigaction(SIGSEGV, &previous, NULL);  // not ours: the fault happens again under the old handler
+    pass_on(sig, info, context);
     return;
   }
   const unsigned leaf = (unsigned)reg[REG_RAX], sub = (unsigned)reg[REG_RCX];
@@ -48,11 +64,13 @@ static void on_sigsegv(int sig, siginfo_t* info, void* context) {
   __cpuid_count(leaf, sub, a, b, c, d);
   syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0);
   if (leaf == 7 && sub == 0) {
-    b &= ~(unsigned)kLeaf7Ebx, c &= ~(unsigned)kLeaf7Ecx, d &= ~(unsigned)kLeaf7Edx;
+    b &= ~kLeaf7Ebx, c &= ~kLeaf7Ecx, d &= ~kLeaf7Edx;
   } else if (leaf == 7 && sub == 1) {
-    a &= ~(unsigned)kLeaf7Sub1Eax;
+    a &= ~kLeaf7Sub1Eax, d &= ~kLeaf7Sub1Edx;
+  } else if (leaf == 0x24) {
+    a = b = c = d = 0;
   }
-  reg[REG_RAX] = a, reg[REG_RBX] = b, reg[REG_RCX] = c, reg[REG_RDX] = d;
+  reg[REG_RAX] = a, reg[REG_RBX] = b, reg[REG_RCX] = c, reg[REG_RDX] = d;  // CPUID zeroes the upper halves
   reg[REG_RIP] += 2;
 }
 

@@ -1,9 +1,13 @@
 // ctest cpuid_avx2_mask: run under LD_PRELOAD=libd3d_cpuid_avx2.so, CPUID must show AVX2 and FMA but
 // no AVX-512F, while /proc/cpuinfo (the kernel's view) lists avx512f. Exit 77 (skipped) where the
-// machine has no AVX-512 to hide or no CPUID faulting.
+// machine has no AVX-512 to hide, or no CPUID faulting, or refuses it (a seccomp filter).
+#define _GNU_SOURCE
+#include <asm/prctl.h>
 #include <cpuid.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 static int cpuinfo_has(const char* flag) {
   FILE* f = fopen("/proc/cpuinfo", "r");
@@ -23,6 +27,15 @@ int main(void) {
   if (!cpuinfo_has("avx512f") || !cpuinfo_has("cpuid_fault")) {
     printf("not run: this CPU has %s\n", cpuinfo_has("avx512f") ? "no CPUID faulting" : "no AVX-512 to hide");
     return 77;
+  }
+  if (syscall(SYS_arch_prctl, ARCH_GET_CPUID, 0) == 1) {  // CPUID not faulting: the preload did not turn it on
+    if (syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) != 0) {
+      printf("not run: CPUID faulting is refused here\n");
+      return 77;
+    }
+    syscall(SYS_arch_prctl, ARCH_SET_CPUID, 1);
+    printf("CPUID faulting is available but the preloaded library did not turn it on\n");
+    return 1;
   }
   unsigned a, b, c, d;
   __cpuid_count(7, 0, a, b, c, d);

@@ -269,7 +269,8 @@ inline void transpose8_avx2(const float* src, int64_t ld_src, int64_t rows, int6
 #endif
 
 // y[(g*opg + o)*L + j] = acc[g, j, o] + bias[g*opg + o] for j < nt: the own GEMM's position-major
-// accumulators into the channel-major output (opg is a multiple of the vector width there).
+// accumulators into the channel-major output (opg is a multiple of the vector width there). Called only
+// on the own GEMM's paths, AVX2 or wider, so the AVX2 transposes can run.
 inline void store_tile(const float* acc, int64_t nt, int64_t G, int64_t opg, const float* bias, float* y, int64_t L) {
   int64_t j0 = 0;
 #ifdef D3D_AVX2_GEMM
@@ -361,11 +362,8 @@ template <typename scalar_t, typename ParFor>
 void to_channels_last(const scalar_t* x_n, int64_t C, int64_t V, scalar_t* x_cl, const ParFor& par,
                       CpuIsa isa = CpuIsa::generic) {
   constexpr int64_t kBlock = 256;
-  bool vector = false;
-#ifdef D3D_AVX2_GEMM
-  vector = std::is_same<scalar_t, float>::value && isa != CpuIsa::generic && C % 8 == 0;
-#endif
-  (void)isa;
+  // Every vector path (AVX2 or wider) can run the AVX2 transposes.
+  [[maybe_unused]] const bool vector = std::is_same<scalar_t, float>::value && isa != CpuIsa::generic && C % 8 == 0;
   par(0, (V + kBlock - 1) / kBlock, [&](int64_t b, int64_t e) {
     for (int64_t blk = b; blk < e; ++blk) {
       int64_t v0 = blk * kBlock;
