@@ -343,3 +343,34 @@ def test_d3d_cpu_isa_environment_lowers_the_path(native):
     best = cpu_isa_detected()
     assert seen["generic"] == ["generic", best]
     assert seen["avx512"] == [best, best]
+
+
+def _vm_flags(address: int) -> str | None:
+    """The VmFlags line of the mapping holding ``address`` in /proc/self/smaps."""
+    with open("/proc/self/smaps") as f:
+        lines = f.read().splitlines()
+    for i, line in enumerate(lines):
+        head = line.split(maxsplit=1)[0] if line else ""
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(v, 16) for v in head.split("-"))
+            if lo <= address < hi:
+                return next(entry for entry in lines[i + 1 :] if entry.startswith("VmFlags:"))
+    return None
+
+
+def test_large_output_is_advised_huge_pages(native, gen):
+    """The CPU op asks for 2 MB pages under its output (its 4 KB page faults cost more than the kernel on
+    the VMs measured, docs/PERFORMANCE.md); the advice shows as "hg" in the VmFlags of the mapping."""
+    if not sys.platform.startswith("linux") or not os.path.exists("/sys/kernel/mm/transparent_hugepage"):
+        pytest.skip("not run: no transparent huge pages in this kernel")
+    x = torch.randn(1, 8, 4, 64, 64, generator=gen)
+    off = torch.randn(1, 18, 4, 64, 64, generator=gen)
+    w = torch.randn(64, 8, 1, 3, 3, generator=gen)
+    kw = dict(padding=(0, 1, 1), deform_dims="HW")
+    y = deform_conv3d(x, off, w, None, **kw)  # a 4 MB output: at least one whole aligned 2 MB stretch
+    torch.testing.assert_close(y, deform_conv3d_reference(x, off, w, None, **kw))
+    huge = 2 << 20
+    inside = (y.data_ptr() + huge - 1) // huge * huge
+    assert inside + huge <= y.data_ptr() + y.nbytes
+    flags = _vm_flags(inside)
+    assert flags is not None and " hg" in flags, flags
