@@ -161,15 +161,19 @@ void* kept_cpu_scratch(size_t bytes) {
   }
 }
 
-// Asks for 2 MB pages under the whole 2 MB stretches of a fresh output block (Linux, where transparent
-// huge pages are "madvise" or "always"). ATen maps a new block for a large output every call and its
-// 4 KB pages fault in as the forward writes them: 25,200 faults for the 103 MB of a 720p output frame,
-// 40-330 ms of system time per call on the 2-core VMs we measure, more than the kernel's own time in
-// the slow cases. PyTorch does the same for every allocation under THP_MEM_ALLOC_ENABLE=1. Advice only:
-// the contents, the memory used and the results are unchanged; ignored where THP is off.
+// Asks for 2 MB pages under the whole 2 MB stretches of a large output (Linux, where transparent huge
+// pages are "madvise" or "always"). ATen's allocator maps a fresh block for it every call (glibc maps
+// every block of 32 MB or more anew: its mmap threshold never rises past that), and its 4 KB pages fault
+// in as the forward writes them: 25,200 faults for the 103 MB of a 720p output frame, 40-330 ms of system
+// time per call on the 2-core VMs we measure, more than the kernel's own time in the slow cases.
+// Smaller outputs may come from glibc's heap, where the advice would outlive the tensor, so they are
+// left alone. PyTorch does the same for every allocation under THP_MEM_ALLOC_ENABLE=1. Advice only: the
+// contents and results are unchanged; with THP defrag "madvise" a fault may compact memory first.
 void advise_huge_pages(void* data, size_t bytes) {
-#ifdef __linux__
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr size_t kFreshlyMapped = size_t(32) << 20;
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  if (bytes < kFreshlyMapped) return;
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
   const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
   if (end > begin) (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
