@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from d3d.runtime.backends.base import Runner
+from d3d.runtime.backends.base import Runner, peak_rss_mb
 
 MEMORY_LIMIT_ENV = "D3D_MEMORY_LIMIT_MB"  # caps the memory a run may plan for (tests inject a limit)
 PROBE_SIDES = (48, 96)  # LR sides of the two warm-up crops (smaller ones mislead: fixed-size buffers)
@@ -70,15 +70,6 @@ def _reset_peak() -> bool:
         return False
 
 
-def _peak_mb() -> float:
-    hwm = _status_mb("VmHWM")
-    if hwm is not None:
-        return hwm
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def available_memory_mb() -> float | None:
     """Memory this process may grow to: ``$D3D_MEMORY_LIMIT_MB`` where set, else its current resident
     size plus the machine's available memory, capped by a cgroup limit."""
@@ -109,7 +100,7 @@ def _probe(runner: Runner, h: int, w: int, rng: np.random.Generator) -> tuple[fl
     _reset_peak()
     t0 = time.perf_counter()
     runner.infer(window)
-    return time.perf_counter() - t0, _peak_mb()
+    return time.perf_counter() - t0, peak_rss_mb()
 
 
 def _fit(a1: float, v1: float, a2: float, v2: float, a: float) -> float:

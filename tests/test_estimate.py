@@ -72,3 +72,16 @@ def test_refusal_with_an_injected_memory_limit(tmp_path, wide_checkpoint):
             env={**os.environ, **env},
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
+
+
+def test_peak_memory_is_this_process_not_its_parent():
+    """The run summary's peak memory: a child started by a process that once held 600 MB reports its
+    own peak. Linux's ru_maxrss carries the parent's peak across fork and exec (it made the test above
+    fail whenever the test runner had grown large)."""
+    child = "from d3d.runtime.backends.base import peak_rss_mb; print(peak_rss_mb())"
+    parent = (
+        "import subprocess, sys; big = bytearray(600 << 20); big[::4096] = b'x' * len(big[::4096]); "
+        f"print(subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, text=True).stdout)"
+    )
+    out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, check=True).stdout
+    assert float(out.split()[-1]) < 400, out

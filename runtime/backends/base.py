@@ -116,7 +116,16 @@ class Backend:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process (MB)."""
+    """Peak resident memory of this process (MB): the kernel's VmHWM where /proc has it (Linux). Not
+    ``ru_maxrss`` there: Linux carries the parent's peak into it across fork and exec, so a run started
+    from a large process (a test runner, a notebook, a server) reported the parent's memory."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
