@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from d3d.runtime.backends.base import Runner, peak_rss_mb
+from d3d.runtime.backends.base import Runner, peak_rss_mb, proc_status_mb
 
 MEMORY_LIMIT_ENV = "D3D_MEMORY_LIMIT_MB"  # caps the memory a run may plan for (tests inject a limit)
 PROBE_SIDES = (48, 96)  # LR sides of the two warm-up crops (smaller ones mislead: fixed-size buffers)
@@ -50,16 +50,6 @@ class Estimate:
         return side if side > max(2 * overlap, MIN_TILE - 1) else None
 
 
-def _status_mb(field: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def _reset_peak() -> bool:
     """Resets the kernel's resident peak (VmHWM) of this process to its current size (Linux)."""
     try:
@@ -75,7 +65,7 @@ def available_memory_mb() -> float | None:
     size plus the machine's available memory, capped by a cgroup limit."""
     if os.environ.get(MEMORY_LIMIT_ENV):
         return float(os.environ[MEMORY_LIMIT_ENV])
-    rss = _status_mb("VmRSS") or 0.0
+    rss = proc_status_mb("VmRSS") or 0.0
     avail = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

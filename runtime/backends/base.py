@@ -115,17 +115,25 @@ class Backend:
         return self.factory(source, options)
 
 
+def proc_status_mb(field: str) -> float | None:
+    """A size field of /proc/self/status (``VmRSS``, ``VmHWM``, ...) in MB; None where there is none."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process (MB): the kernel's VmHWM where /proc has it (Linux). Not
     ``ru_maxrss`` there: Linux carries the parent's peak into it across fork and exec, so a run started
     from a large process (a test runner, a notebook, a server) reported the parent's memory."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    hwm = proc_status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
