@@ -42,7 +42,6 @@ def _library_loaded() -> bool:
 def run_as_avx2_machine() -> str:
     """Call before any timing (and before oneDNN's first primitive). Either re-runs this script with
     AVX-512 hidden from CPUID (never returns), or returns the line that says how the run was capped."""
-    os.environ["D3D_CPU_ISA"] = "avx2"  # read by both op libraries when they load
     flags = _cpu_flags()
     if "avx512f" not in flags:
         return "no AVX-512 on this CPU: every library runs its AVX2 (or narrower) kernels as it is"
@@ -74,6 +73,20 @@ def run_as_avx2_machine() -> str:
     else:
         why = f"{LIBRARY.name} did not load"
     return f"oneDNN (F.conv3d) capped at AVX2 (ONEDNN_MAX_CPU_ISA); ONNX Runtime's MLAS is not ({why})"
+
+
+def select_cpu_path(isa: str | None) -> str | None:
+    """``--isa`` of the benchmark scripts, before torch is used: the op's path (``D3D_CPU_ISA``, read by
+    both op libraries when they load), and for ``avx2`` the run as an AVX2 machine (may re-run the
+    script). Returns run_as_avx2_machine's line, or None."""
+    if isa:
+        os.environ["D3D_CPU_ISA"] = isa
+    return run_as_avx2_machine() if isa == "avx2" else None
+
+
+def cap_report(capped: str | None) -> list[str]:
+    """The report's lines on how the run was capped, once the op has loaded."""
+    return [line for line in (capped, check_masked()) if line]
 
 
 def check_masked() -> str | None:

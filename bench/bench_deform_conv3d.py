@@ -27,7 +27,7 @@ import platform
 from functools import partial
 
 import numpy as np
-from avx2_machine import check_masked, run_as_avx2_machine
+from avx2_machine import cap_report, select_cpu_path
 from timing import interleaved_median_times, median_times
 
 
@@ -104,9 +104,7 @@ def main() -> None:
     ap.add_argument("--isa", choices=["generic", "avx2", "avx512"], help="force the kernel path (D3D_CPU_ISA)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
-    capped = run_as_avx2_machine() if args.isa == "avx2" else None  # may re-run this script
-    if args.isa:  # read by both op libraries when they load
-        os.environ["D3D_CPU_ISA"] = args.isa
+    capped = select_cpu_path(args.isa)  # may re-run this script
     import torch
     import torch.nn.functional as F
 
@@ -132,9 +130,8 @@ def main() -> None:
     head = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} threads"
     print(f"{head}, load average {load:.2f} at start")
     print(cpu_kernel_summary())
-    for line in (capped, check_masked()):
-        if line:
-            print(line)
+    for line in cap_report(capped):
+        print(line)
     print(f"{'LR':>8} {'torch op ms':>12} {'ORT op ms':>10} {'conv3d ms':>10} {'torch/conv':>11} {'ORT/conv':>9}")
     rows = []
     for h, wd in args.sizes:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from avx2_machine import check_masked, run_as_avx2_machine
+from avx2_machine import cap_report, select_cpu_path
 from timing import interleaved_median_times
 
 
@@ -88,9 +88,7 @@ def main() -> None:
     ap.add_argument("--isa", choices=["generic", "avx2", "avx512"], help="force the kernel path (D3D_CPU_ISA)")
     ap.add_argument("--json")
     args = ap.parse_args()
-    capped = run_as_avx2_machine() if args.isa == "avx2" else None  # may re-run this script
-    if args.isa:
-        os.environ["D3D_CPU_ISA"] = args.isa
+    capped = select_cpu_path(args.isa)  # may re-run this script
     h, w = (int(v) for v in args.size.lower().split("x"))
     ensure_native()
     torch.manual_seed(0)
@@ -133,9 +131,8 @@ def main() -> None:
             row[f"{name}_s"], row[f"{name}_cpu_s"] = wall, cpu
     print(f"LR {h}x{w}, {row['threads']} threads, load average {row['load_avg']:.2f} at start")
     print(cpu_kernel_summary())
-    for line in (capped, check_masked()):
-        if line:
-            print(line)
+    for line in cap_report(capped):
+        print(line)
     row["onednn_max_cpu_isa"] = os.environ.get("ONEDNN_MAX_CPU_ISA")
     row["avx2_machine"] = capped
     print(f"mean |offset| of the first deformable layer: {row['mean_abs_offset_px_first_layer']:.2f} px")
